@@ -1,0 +1,10 @@
+"""vp_jax: action-conditioned stochastic video prediction (SVG-LP conditional VAE) in JAX/Flax.
+
+The networks are Flax **Linen** modules.  Linen was chosen over NNX because the hot path is a
+pure function of explicit pytrees (params, batch_stats, key) -> (loss, new batch_stats): that is
+what `jax.jit`, `lax.scan` and `jax.sharding` want, orbax saves those pytrees as they are, and
+BatchNorm's running statistics stay an explicit carry of the scan instead of hidden mutable
+module state (the pitfall of the PyTorch original).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""Configs: validation of an ``ml_collections.ConfigDict`` and the frozen model config.
+
+Every config file in ``configs/`` returns the full tree described in ``docs/design.md``;
+:func:`validate` refuses one that contradicts itself with a one-line :class:`ConfigError`
+naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+
+import ml_collections
+
+from vp_jax.errors import ConfigError
+
+SKIP_FRAMES = ("original", "last_context", "every_step")
+KL_SCHEDULES = ("cyclical", "monotonic", "constant")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+TFR_MODES = ("iteration", "sample", "frame")
+SOURCES = ("lab", "tfds", "pushbot")
+BN_MODES = ("inference", "batch_stats")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hashable model hyper-parameters (Linen module attributes must be hashable)."""
+
+    image_size: int = 64
+    channels: int = 3
+    enc_widths: tuple[int, ...] = (64, 128, 256, 512)
+    g_dim: int = 128
+    z_dim: int = 64
+    rnn_size: int = 256
+    predictor_layers: int = 2
+    posterior_layers: int = 1
+    prior_layers: int = 1
+    cond_dim: int = 7
+    learned_prior: bool = True
+    predictor_bn_head: bool = True
+    skip_frame: str = "original"
+    torch_lstm_biases: bool = True
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    dtype: str = "float32"
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The frozen :class:`ModelConfig` of ``config.model``."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    kwargs = {}
+    for key, value in config.model.items():
+        if key not in fields:
+            raise ConfigError(f"config.model.{key}: unknown field (expected one of {sorted(fields)})")
+        if key == "enc_widths":
+            value = tuple(int(v) for v in value)
+        kwargs[key] = value
+    return ModelConfig(**kwargs)
+
+
+def _require(cond: bool, field: str, expected: str, value) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field} = {value!r}: expected {expected}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check the fields that must agree with each other; return the config unchanged."""
+    try:
+        m, d, t, e = config.model, config.data, config.train, config.eval
+        _require(config.n_past >= 1, "n_past", "an integer >= 1", config.n_past)
+        _require(config.n_future >= 1, "n_future", "an integer >= 1", config.n_future)
+        _require(config.n_eval > config.n_past, "n_eval", f"more than n_past ({config.n_past})", config.n_eval)
+        _require(
+            config.n_past + config.n_future <= d.seq_len,
+            "n_future",
+            f"n_past + n_future <= data.seq_len ({d.seq_len})",
+            config.n_future,
+        )
+        _require(config.n_eval <= d.seq_len, "n_eval", f"<= data.seq_len ({d.seq_len})", config.n_eval)
+        _require(m.image_size == 64, "model.image_size", "64 (the VGG-64 network)", m.image_size)
+        _require(len(m.enc_widths) == 4, "model.enc_widths", "4 stage widths", tuple(m.enc_widths))
+        _require(m.skip_frame in SKIP_FRAMES, "model.skip_frame", f"one of {SKIP_FRAMES}", m.skip_frame)
+        _require(
+            m.skip_frame != "original" or config.n_past >= 2,
+            "model.skip_frame",
+            "'last_context' or 'every_step' when n_past < 2 (the original uses frame n_past-2)",
+            m.skip_frame,
+        )
+        _require(m.cond_dim >= 0, "model.cond_dim", "an integer >= 0", m.cond_dim)
+        _require(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
+        _require(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
+        _require(
+            d.source == "tfds" or m.cond_dim in (0, 7),
+            "model.cond_dim",
+            "0 (no condition) or 7 (action 4 + position 3)",
+            m.cond_dim,
+        )
+        _require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
+        _require(t.epoch_size >= 1, "train.epoch_size", "an integer >= 1", t.epoch_size)
+        _require(t.niter >= 1, "train.niter", "an integer >= 1", t.niter)
+        _require(t.lr > 0, "train.lr", "a positive number", t.lr)
+        _require(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {LR_SCHEDULES}", t.lr_schedule)
+        _require(t.kl.schedule in KL_SCHEDULES, "train.kl.schedule", f"one of {KL_SCHEDULES}", t.kl.schedule)
+        _require(t.kl.per in ("epoch", "step"), "train.kl.per", "'epoch' or 'step'", t.kl.per)
+        _require(t.kl.cycles >= 1, "train.kl.cycles", "an integer >= 1", t.kl.cycles)
+        _require(0 < t.kl.ratio <= 1, "train.kl.ratio", "a number in (0, 1]", t.kl.ratio)
+        _require(t.kl.beta_max >= 0, "train.kl.beta_max", "a number >= 0", t.kl.beta_max)
+        _require(t.tfr.mode in TFR_MODES, "train.tfr.mode", f"one of {TFR_MODES}", t.tfr.mode)
+        _require(0 <= t.tfr.lower_bound <= 1, "train.tfr.lower_bound", "a number in [0, 1]", t.tfr.lower_bound)
+        _require(0 <= t.tfr.start <= 1, "train.tfr.start", "a number in [0, 1]", t.tfr.start)
+        _require(t.tfr.decay_step >= 0, "train.tfr.decay_step", "a number >= 0", t.tfr.decay_step)
+        _require(t.max_nonfinite >= 1, "train.max_nonfinite", "an integer >= 1", t.max_nonfinite)
+        _require(e.every_epochs >= 1, "eval.every_epochs", "an integer >= 1", e.every_epochs)
+        _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
+        _require(e.num_samples >= 1, "eval.num_samples", "an integer >= 1", e.num_samples)
+        _require(e.bn_mode in BN_MODES, "eval.bn_mode", f"one of {BN_MODES}", e.bn_mode)
+        _require(config.checkpoint.keep >= 1, "checkpoint.keep", "an integer >= 1", config.checkpoint.keep)
+    except AttributeError as err:  # a missing field in a hand-written config
+        raise ConfigError(f"config is missing a field: {err}") from None
+    model_config(config)  # unknown model fields
+    return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Import ``path`` (a ``configs/*.py`` file) and return its ``get_config()``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    # Config files import each other as `configs.<name>`: make their parent folder importable.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location("_vp_jax_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: expected a get_config() function")
+    return module.get_config()
+
+
+def save_config_json(config: ml_collections.ConfigDict, path: str) -> None:
+    """Write the config as JSON (temporary file + rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_config_json(path: str) -> ml_collections.ConfigDict:
+    """Read a config written by :func:`save_config_json` (tuples come back as tuples)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: missing (is this a vp_jax workdir?)")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON config ({err})") from None
+    raw.setdefault("model", {})
+    if "enc_widths" in raw["model"]:
+        raw["model"]["enc_widths"] = tuple(raw["model"]["enc_widths"])
+    return ml_collections.ConfigDict(raw)
