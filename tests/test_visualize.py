@@ -1,0 +1,150 @@
+"""visualize.py: plots decode as PNGs, GIFs round-trip through imageio."""
+
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from vp_jax import visualize
+from vp_jax.errors import DataError
+
+CSV_HEADER = "step,epoch,loss,mse,kl,beta,tfr,lr,val_psnr,seconds,rss_mb\n"
+
+
+def _write_csv(path, n=6, val_every=2):
+    rows = []
+    for e in range(n):
+        val = f"{20 + e * 0.5:.3f}" if e % val_every == val_every - 1 else ""
+        rows.append(f"{(e + 1) * 600},{e},{0.05 / (e + 1)},{0.01 / (e + 1)},{0.5 * e},{min(1, e / 3)},1.0,0.002,{val},12.5,900")
+    path.write_text(CSV_HEADER + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def _assert_png(path):
+    assert os.path.isfile(path)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    img = iio.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_training_curves_pngs(tmp_path):
+    csv = _write_csv(tmp_path / "metrics.csv")
+    out = tmp_path / "plots"
+    written = visualize.plot_training_curves(csv, str(out))
+    assert sorted(os.path.basename(p) for p in written) == ["loss.png", "schedules.png", "val_psnr.png"]
+    for p in written:
+        _assert_png(p)
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]  # no temp files left
+
+
+def test_training_curves_all_nan_val_and_missing_columns(tmp_path):
+    p = tmp_path / "metrics.csv"
+    p.write_text("step,epoch,loss,mse,kl,val_psnr\n600,0,0.1,0.01,0.0,\n1200,1,0.08,0.009,nan,\n")
+    for f in visualize.plot_training_curves(str(p), str(tmp_path)):
+        _assert_png(f)
+
+
+def test_training_curves_bad_csv(tmp_path):
+    with pytest.raises(DataError, match="missing.csv"):
+        visualize.plot_training_curves(str(tmp_path / "missing.csv"), str(tmp_path))
+    p = tmp_path / "empty.csv"
+    p.write_text("")
+    with pytest.raises(DataError, match="empty.csv"):
+        visualize.plot_training_curves(str(p), str(tmp_path))
+
+
+def test_plot_per_frame(tmp_path):
+    t = 10
+    m = {
+        "n_past": 2,
+        "model": {"psnr_per_frame": list(25 - 0.3 * np.arange(t)), "ssim_per_frame": list(0.9 - 0.01 * np.arange(t))},
+        "baseline_copy_last": {"psnr_per_frame": list(22 - 0.5 * np.arange(t)), "ssim_per_frame": list(0.8 - 0.02 * np.arange(t))},
+        "best_of_n": {"psnr_per_frame": np.full((3, t), 26.0), "ssim_per_frame": np.full((3, t), 0.92)},
+        "mean_of_n": {"psnr_per_frame": np.full(t, 24.0)},  # no SSIM: still fine
+    }
+    _assert_png(visualize.plot_per_frame(m, str(tmp_path / "per_frame.png")))
+    _assert_png(visualize.plot_per_frame({"psnr_per_frame": np.arange(t)}, str(tmp_path / "flat.png"), n_past=2))
+
+
+def _frames(rng, t, h=16, w=16, levels=4):
+    """Few distinct colours, so GIF palette quantisation is lossless."""
+    return (rng.integers(0, levels, (t, h, w, 3)) * (255 // (levels - 1))).astype(np.uint8)
+
+
+def _panels(frame, g, row=0):
+    ph, pw = g["size"]
+    out = {}
+    for name in ("pred", "truth"):
+        y0, x0 = g[name]
+        y0 += row * g["row_height"]
+        out[name] = frame[y0 : y0 + ph, x0 : x0 + pw, :3]
+    return out
+
+
+def _down(img, scale):
+    return img[::scale, ::scale]
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_gif_round_trip(tmp_path, labels):
+    rng = np.random.default_rng(0)
+    t, n_past, scale = 6, 2, 2
+    target = _frames(rng, t)
+    pred = _frames(rng, t - n_past)  # predictions only: context comes from target
+    path = str(tmp_path / "seq.gif")
+    visualize.write_gif(pred, target, n_past, path, fps=4, scale=scale, labels=labels)
+    back = iio.imread(path, index=None)
+    g = visualize.panel_geometry(16, 16, scale, 3, 14 if labels else 0)
+    assert back.shape[0] == t
+    assert back.shape[1:3] == (g["row_height"] + visualize.PROGRESS_PX, g["width"])
+    for k in range(t):
+        p = _panels(back[k], g)
+        np.testing.assert_array_equal(_down(p["truth"], scale), target[k])
+        np.testing.assert_array_equal(_down(p["pred"], scale), target[k] if k < n_past else pred[k - n_past])
+        # border colour: green on context frames, red on predicted ones (left and right panel)
+        for name in ("pred", "truth"):
+            y0, x0 = g[name]
+            border_px = back[k, y0 - 1, x0 + 5, :3]
+            want = visualize.CONTEXT_COLOR if k < n_past else visualize.PRED_COLOR
+            np.testing.assert_array_equal(border_px, want)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_gif_float_input_identical_frames_and_context(tmp_path):
+    # A static scene (all frames equal) must still give T GIF frames.
+    t, n_past = 5, 2
+    target = np.zeros((t, 16, 16, 3), np.float32)
+    target[:, 4:8, 4:8, 0] = 1.0
+    ctx = np.ones((n_past, 16, 16, 3), np.float32)
+    path = str(tmp_path / "static.gif")
+    visualize.write_gif(target, target, n_past, path, context=ctx, labels=False)
+    back = iio.imread(path, index=None)
+    assert back.shape[0] == t
+    g = visualize.panel_geometry(16, 16, 2, 3, 0)
+    p0 = _panels(back[0], g)
+    assert (p0["pred"] == 255).all()  # the explicit context replaced pred's first frames
+    p4 = _panels(back[4], g)
+    np.testing.assert_array_equal(_down(p4["pred"], 2), (target[4] * 255).astype(np.uint8))
+
+
+def test_gif_grid(tmp_path):
+    rng = np.random.default_rng(1)
+    b, t, n_past = 3, 5, 2
+    targets = np.stack([_frames(rng, t) for _ in range(b)])
+    preds = np.stack([_frames(rng, t) for _ in range(b)])  # full length: first n_past shown as given
+    path = str(tmp_path / "grid.gif")
+    visualize.write_gif_grid(preds, targets, n_past, path, scale=1)
+    back = iio.imread(path, index=None)
+    g = visualize.panel_geometry(16, 16, 1, 3, 14)
+    assert back.shape[:3] == (t, b * g["row_height"] + visualize.PROGRESS_PX, g["width"])
+    for r in range(b):
+        p = _panels(back[3], g, row=r)
+        np.testing.assert_array_equal(p["pred"], preds[r, 3])
+        np.testing.assert_array_equal(p["truth"], targets[r, 3])
+
+
+def test_gif_shape_errors(tmp_path):
+    with pytest.raises(ValueError, match="match target"):
+        visualize.write_gif(np.zeros((3, 8, 8, 3)), np.zeros((6, 8, 8, 3)), 2, str(tmp_path / "x.gif"))

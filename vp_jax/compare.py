@@ -1,0 +1,179 @@
+"""Compare training runs: ``python -m vp_jax.compare DIR [DIR ...] [--out PATH]``.
+
+Each DIR is a training workdir holding ``config.json`` (written by
+:func:`vp_jax.config.save_config_json`) and ``metrics.csv``.  Prints one table row per run —
+run name, best validation PSNR and its epoch, final loss, last epoch — followed by one column
+per config setting that differs between the runs (nested keys flattened, e.g.
+``train.kl.schedule``), and writes one plot overlaying the validation PSNR curves
+(``compare_val_psnr.png`` in the current folder unless ``--out`` is given).
+
+A missing or unreadable DIR ends the command with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import pandas as pd
+
+from vp_jax.errors import DataError, cli_main
+
+DEFAULT_OUT = "compare_val_psnr.png"
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """``{'train': {'kl': {'schedule': 'x'}}}`` -> ``{'train.kl.schedule': 'x'}``.
+    Lists/tuples become tuples so they compare and hash."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list | tuple):
+            out[key] = tuple(v)
+        else:
+            out[key] = v
+    return out
+
+
+def load_run(workdir: str) -> dict:
+    """Read one workdir: ``{'name', 'path', 'config' (flat dict), 'metrics' (DataFrame)}``."""
+    if not os.path.isdir(workdir):
+        raise DataError(f"{workdir}: not a directory (expected a training workdir)")
+    cfg_path = os.path.join(workdir, "config.json")
+    csv_path = os.path.join(workdir, "metrics.csv")
+    if not os.path.isfile(cfg_path):
+        raise DataError(f"{cfg_path}: missing (is {workdir} a vp_jax training workdir?)")
+    try:
+        with open(cfg_path) as f:
+            raw = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{cfg_path}: not a readable JSON config ({err})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
+    if not os.path.isfile(csv_path):
+        raise DataError(f"{csv_path}: missing (has the run finished an epoch?)")
+    try:
+        df = pd.read_csv(csv_path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{csv_path}: not a readable metrics CSV ({str(err).splitlines()[0]})") from None
+    if "epoch" not in df.columns:
+        raise DataError(f"{csv_path}: expected an 'epoch' column, got {list(df.columns)}")
+    for col in df.columns:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+    return {"name": name, "path": workdir, "config": flatten(raw), "metrics": df}
+
+
+def _unique_names(runs: list[dict]) -> None:
+    names = [r["name"] for r in runs]
+    for r in runs:
+        if names.count(r["name"]) > 1:
+            r["name"] = os.path.normpath(r["path"])
+
+
+def _same(a, b) -> bool:
+    """Equal config values: numbers compare numerically (1 == 1.0, NaN == NaN), bools only to
+    bools, everything else by its JSON text."""
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def differing_settings(configs: list[dict]) -> list[str]:
+    """Flat keys whose value differs between the configs (or is missing from some), sorted."""
+    keys = sorted(set().union(*configs)) if configs else []
+    missing = object()
+    out = []
+    for k in keys:
+        vals = [c.get(k, missing) for c in configs]
+        first = vals[0]
+        if any(v is missing for v in vals) or not all(_same(first, v) for v in vals[1:]):
+            out.append(k)
+    return out
+
+
+def summarize(runs: list[dict]) -> pd.DataFrame:
+    """One row per run: best val PSNR (+ epoch), final loss, last epoch, differing settings."""
+    diff = differing_settings([r["config"] for r in runs])
+    rows = []
+    for r in runs:
+        df = r["metrics"]
+        row = {"run": r["name"]}
+        val = df[["epoch", "val_psnr"]].dropna() if "val_psnr" in df.columns else pd.DataFrame()
+        if len(val):
+            i = val["val_psnr"].idxmax()
+            row["best_val_psnr"] = float(val.loc[i, "val_psnr"])
+            row["best_epoch"] = int(val.loc[i, "epoch"])
+        else:
+            row["best_val_psnr"] = float("nan")
+            row["best_epoch"] = pd.NA
+        loss = df["loss"].dropna() if "loss" in df.columns else pd.Series(dtype=float)
+        row["final_loss"] = float(loss.iloc[-1]) if len(loss) else float("nan")
+        row["epochs"] = int(df["epoch"].max()) if df["epoch"].notna().any() else pd.NA
+        for k in diff:
+            v = r["config"].get(k, "<missing>")
+            row[k] = str(v) if isinstance(v, tuple) else v
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    table["epochs"] = table["epochs"].astype("Int64")
+    return table
+
+
+def plot_val_psnr(runs: list[dict], path: str) -> str:
+    """Overlay the validation PSNR curves (epoch on x) of the runs into one PNG."""
+    from vp_jax.visualize import _save_fig, plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    any_curve = False
+    for r in runs:
+        df = r["metrics"]
+        if "val_psnr" not in df.columns:
+            continue
+        d = df[["epoch", "val_psnr"]].dropna()
+        if len(d):
+            any_curve = True
+            ax.plot(d["epoch"], d["val_psnr"], marker="." if len(d) < 60 else None,
+                    label=f"{r['name']} (best {d['val_psnr'].max():.2f})")
+    if any_curve:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation PSNR in any run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("validation PSNR")
+    return _save_fig(fig, path)
+
+
+def compare(workdirs: list[str], out: str = DEFAULT_OUT) -> pd.DataFrame:
+    """Load the runs, return the summary table and write the overlay plot to ``out``."""
+    runs = [load_run(w) for w in workdirs]
+    _unique_names(runs)
+    table = summarize(runs)
+    plot_val_psnr(runs, out)
+    return table
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vp_jax.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="training workdirs (config.json + metrics.csv)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"validation PSNR overlay plot (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    table = compare(args.dirs, args.out)
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}",
+                              formatters={"best_val_psnr": lambda v: f"{v:.3f}"}))
+    print(f"plot: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
