@@ -1,0 +1,142 @@
+"""End to end: the real train.py and eval.py as subprocesses on the tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.metrics import peak_signal_noise_ratio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def lab_psnr(pred_u8, target_u8):
+    """Lab PSNR recomputed independently with skimage: per channel, then averaged."""
+    values = []
+    for p, t in zip(pred_u8.reshape(-1, *pred_u8.shape[-3:]), target_u8.reshape(-1, *target_u8.shape[-3:])):
+        per_channel = [
+            peak_signal_noise_ratio(t[..., c] / 255.0, p[..., c] / 255.0, data_range=1.0) for c in range(3)
+        ]
+        values.append(np.mean(per_channel))
+    return float(np.mean(values))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    workdir = str(base / "run")
+    data = str(base / "data")
+    args = ["--config", "configs/tiny.py", "--workdir", workdir, f"--config.data.root={data}"]
+    proc = run("train.py", *args)
+    return dict(workdir=workdir, data=data, args=args, log=proc.stderr + proc.stdout)
+
+
+def test_train_writes_every_output(trained):
+    wd = trained["workdir"]
+    metrics = pd.read_csv(os.path.join(wd, "metrics.csv"))
+    assert list(metrics.columns[:10]) == ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "seconds"]
+    assert metrics["epoch"].tolist() == [0, 1]
+    assert metrics["step"].tolist() == [3, 6]  # tiny: epoch_size 3
+    assert np.isfinite(metrics[["loss", "mse", "kl", "val_psnr"]].to_numpy()).all()
+    # Cyclical annealing over 2 epochs with one cycle, ratio 0.5: beta 0 in epoch 0, then 1.
+    assert metrics["beta"].tolist() == pytest.approx([0.0, 1.0])
+    saved = json.load(open(os.path.join(wd, "config.json")))
+    assert saved["model"]["g_dim"] == 8 and saved["data"]["root"] == trained["data"]
+    for name in ("loss.png", "schedules.png", "val_psnr.png"):
+        image = iio.imread(os.path.join(wd, "plots", name))
+        assert image.ndim == 3 and image.shape[0] > 100
+    gif = iio.imread(os.path.join(wd, "gifs", "epoch_002.gif"), index=None)
+    assert gif.shape[0] == 5  # n_eval frames
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints", "latest"))) == ["3", "6"]
+    assert os.listdir(os.path.join(wd, "checkpoints", "best"))
+
+
+def test_eval_metrics_match_predictions(trained):
+    wd = trained["workdir"]
+    proc = run("eval.py", "--workdir", wd, "--num_samples", "3")
+    assert "copy last context frame" in proc.stdout
+    out = os.path.join(wd, "eval", "test")
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    for key in ("psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "best_of_n", "mean_of_n",
+                "baseline_copy_last", "shuffled_condition", "num_sequences", "checkpoint_step"):
+        assert key in m, key
+    assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 3
+    assert m["best_of_n"]["psnr"] >= m["mean_of_n"]["psnr"]
+    npz = np.load(os.path.join(out, "predictions.npz"))
+    assert npz["pred"].dtype == np.uint8 and npz["pred"].shape == (8, 3, 64, 64, 3)
+    assert m["psnr"] == pytest.approx(lab_psnr(npz["pred"], npz["target"]), abs=1e-3)
+    copy = np.broadcast_to(npz["context"][:, -1:], npz["target"].shape)
+    assert m["baseline_copy_last"]["psnr"] == pytest.approx(lab_psnr(copy, npz["target"]), abs=1e-3)
+    assert iio.imread(os.path.join(out, "per_frame.png")).ndim == 3
+    assert os.listdir(os.path.join(out, "gifs"))
+
+
+def test_second_run_resumes(trained):
+    wd = trained["workdir"]
+    before = pd.read_csv(os.path.join(wd, "metrics.csv"))
+    run("train.py", *trained["args"], "--config.train.niter=3")
+    after = pd.read_csv(os.path.join(wd, "metrics.csv"))
+    assert after["step"].tolist() == [3, 6, 9]
+    pd.testing.assert_frame_equal(after.iloc[:2].drop(columns=["seconds", "rss_mb"]),
+                                  before.drop(columns=["seconds", "rss_mb"]))
+    # Same command again: nothing left to train, nothing overwritten.
+    run("train.py", *trained["args"], "--config.train.niter=3")
+    assert pd.read_csv(os.path.join(wd, "metrics.csv"))["step"].tolist() == [3, 6, 9]
+
+
+def test_resume_with_a_different_model_is_refused(trained):
+    proc = run("train.py", *trained["args"], "--config.model.g_dim=16", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model.g_dim" in proc.stderr
+
+
+def test_eval_errors_are_one_line(trained, tmp_path):
+    # A workdir without checkpoints.
+    empty = tmp_path / "empty"
+    run("train.py", "--config", "configs/tiny.py", "--workdir", str(empty), "--config.train.niter=1",
+        f"--config.data.root={trained['data']}")
+    for sub in ("latest", "best"):
+        for step in os.listdir(empty / "checkpoints" / sub):
+            import shutil
+
+            shutil.rmtree(empty / "checkpoints" / sub / step)
+    cases = {
+        "no checkpoints": (["--workdir", str(empty)], "no checkpoints"),
+        "missing data": (["--workdir", trained["workdir"], "--data_root", str(tmp_path / "nowhere")], "nowhere"),
+        "not a workdir": (["--workdir", str(tmp_path / "absent")], "absent"),
+    }
+    for name, (args, needle) in cases.items():
+        proc = run("eval.py", *args, check=False)
+        assert proc.returncode != 0, name
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, (name, proc.stderr)
+
+
+def test_eval_refuses_checkpoint_of_another_model(trained, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained["workdir"], other)
+    cfg = json.load(open(other / "config.json"))
+    cfg["model"]["rnn_size"] = 32
+    json.dump(cfg, open(other / "config.json", "w"))
+    proc = run("eval.py", "--workdir", str(other), check=False)
+    assert proc.returncode == 2 and "model.rnn_size" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

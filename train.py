@@ -1,0 +1,42 @@
+"""Train a conditional VAE for video prediction.
+
+    python train.py --config configs/pushbot.py --workdir runs/pushbot
+    python train.py --config configs/lab_bair.py --workdir runs/lab --config.data.root=/data/bair
+
+Running the same command on an existing workdir resumes it from its latest checkpoint;
+``python train.py --workdir DIR`` alone resumes with the workdir's own config.json.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vp_jax.errors import ConfigError, cli_main
+
+config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and GIFs.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+@cli_main
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected argument {argv[1]!r} (options are --config, --workdir, --config.FIELD=VALUE)")
+    from vp_jax.config import load_config_json
+    from vp_jax.training.loop import train_and_evaluate
+
+    config = FLAGS.config
+    if config is None:
+        saved = os.path.join(FLAGS.workdir, "config.json")
+        if not os.path.exists(saved):
+            raise ConfigError(f"--config is required: {saved} does not exist (a new run needs a config)")
+        config = load_config_json(saved)
+    train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ importable
+    app.run(main)

@@ -1,0 +1,306 @@
+"""The training loop behind ``train.py``: epochs of jitted steps, validation, outputs, resume.
+
+A workdir after training::
+
+    DIR/config.json            the config of the run (resuming checks the new one against it)
+    DIR/metrics.csv            one row per epoch (step, epoch, loss, mse, kl, beta, tfr, lr,
+                               val_psnr, seconds, rss_mb)
+    DIR/plots/*.png            loss/MSE/KL, schedules, validation PSNR (refreshed every epoch)
+    DIR/gifs/epoch_XXX.gif     validation predictions beside ground truth
+    DIR/checkpoints/{latest,best}/<step>/   orbax checkpoints (see checkpoints.py)
+
+Determinism: the key of step ``s`` is ``fold_in(key(seed), s)`` and the data order is a
+function of (seed, data epoch), so a resumed run computes exactly what an uninterrupted run
+would have.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import resource
+import signal
+import time
+
+import jax
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from vp_jax import visualize
+from vp_jax.config import load_config_json, model_config, save_config_json, validate
+from vp_jax.data.pipeline import BatchIterator, open_split
+from vp_jax.errors import ConfigError, VPError
+from vp_jax.evaluation import predict_and_score
+from vp_jax.generation import make_generate_fn
+from vp_jax.training.checkpoints import CheckpointStore
+from vp_jax.training.state import create_train_state
+from vp_jax.training.step import make_train_step
+
+METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "seconds", "rss_mb"]
+STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
+# Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
+RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep")
+
+
+class TrainingStopped(VPError):
+    """The run stopped on purpose (non-finite losses); the last good checkpoint is kept."""
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: fall back to the peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def check_same_run(saved, config) -> None:
+    """Refuse to resume a workdir with a config that would train something else."""
+    old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES):
+            raise ConfigError(
+                f"config.{key} = {new.get(key)!r} but the workdir was trained with "
+                f"{old.get(key)!r}: use a new --workdir, or the same config to resume"
+            )
+
+
+class WorkdirLock:
+    """An exclusive ``flock`` on ``DIR/.lock``: one writer per workdir.
+
+    The kernel drops the lock when its process dies, so a killed run never blocks the next.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self._fd = None
+
+    def __enter__(self):
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise VPError(f"{self.path}: another train.py is running on this workdir") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def _read_metrics(path: str, upto_epoch: int) -> pd.DataFrame:
+    """Rows of an existing metrics.csv for epochs < ``upto_epoch`` (later ones are redone)."""
+    if not os.path.exists(path):
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    frame = pd.read_csv(path)
+    return frame[frame["epoch"] < upto_epoch].reset_index(drop=True)
+
+
+def _write_csv(frame: pd.DataFrame, path: str) -> None:
+    tmp = path + ".tmp"
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def prepare_workdir(config, workdir: str):
+    """Create ``workdir`` or check that ``config`` continues the run that is in it."""
+    validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    saved_path = os.path.join(workdir, "config.json")
+    if os.path.exists(saved_path):
+        check_same_run(load_config_json(saved_path), config)
+    save_config_json(config, saved_path)
+
+
+def validate_model(config, state, source, generate_fn, key, *, keep: int = 0) -> dict:
+    """Lab metric on (part of) the validation split; returns scores (and a few predictions)."""
+    return predict_and_score(
+        config,
+        state.params,
+        state.batch_stats,
+        source,
+        key=key,
+        batch_size=config.eval.batch_size,
+        max_batches=config.eval.num_val_batches,
+        keep_predictions=keep > 0,
+        generate_fn=generate_fn,
+    )
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train ``config`` in ``workdir`` (resuming what is there); return the last epoch's row."""
+    prepare_workdir(config, workdir)
+    with WorkdirLock(workdir):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
+    model_cfg = model_config(config)
+    seq_len = config.n_past + config.n_future
+    train_src = open_split(config.data, "train")
+    val_src = open_split(config.data, "validate")
+    batches = BatchIterator(
+        train_src,
+        batch_size=config.train.batch_size,
+        seq_len=seq_len,
+        seed=config.seed,
+        random_offset=config.data.random_offset,
+    )
+
+    base_key = jax.random.key(config.seed)
+    init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
+    state = create_train_state(config, init_key)
+    store = CheckpointStore(workdir, keep=config.checkpoint.keep)
+    start_epoch, start_iter, sums = 0, 0, None
+    if store.latest_step() is not None:
+        state, meta = store.restore("latest", state, model_cfg)
+        batches.set_state(meta["iterator"])
+        start_epoch, start_iter = meta["epoch"], meta["iteration"]
+        sums = meta.get("epoch_sums")
+        tqdm.write(f"resuming {workdir} at step {int(state.step)} (epoch {start_epoch}, iteration {start_iter})")
+
+    metrics_path = os.path.join(workdir, "metrics.csv")
+    history = _read_metrics(metrics_path, start_epoch)
+    plots_dir = os.path.join(workdir, "plots")
+    gifs_dir = os.path.join(workdir, "gifs")
+    os.makedirs(plots_dir, exist_ok=True)
+    os.makedirs(gifs_dir, exist_ok=True)
+
+    train_step = make_train_step(config)
+    generate_fn = make_generate_fn(config, num_samples=1, bn_mode=config.eval.bn_mode)
+    epoch_size, max_bad = config.train.epoch_size, config.train.max_nonfinite
+    row = history.iloc[-1].to_dict() if len(history) else {}
+
+    for epoch in range(start_epoch, config.train.niter):
+        t0 = time.time()
+        sums = sums or {k: 0.0 for k in STEP_METRICS}
+        sums.setdefault("count", 0)
+        bad_in_a_row = 0
+        bar = tqdm(
+            range(start_iter, epoch_size),
+            initial=start_iter,
+            total=epoch_size,
+            desc=f"epoch {epoch + 1}/{config.train.niter}",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        stop = _StopFlag()
+        with stop:
+            for it in bar:
+                step = int(state.step)
+                batch = next(batches)
+                state, m = train_step(state, batch, jax.random.fold_in(base_key, step))
+                m = jax.device_get(m)
+                if float(m["finite"]) < 1.0 or not math.isfinite(float(m["loss"])):
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= max_bad:
+                        bar.close()
+                        raise TrainingStopped(
+                            f"step {step}: loss was non-finite for {bad_in_a_row} steps in a row "
+                            f"(train.max_nonfinite={max_bad}); updates were skipped and the last good "
+                            f"checkpoint in {store.root} is kept: lower train.lr or check the data"
+                        )
+                else:
+                    bad_in_a_row = 0
+                    for k in STEP_METRICS:
+                        sums[k] += float(m[k])
+                    sums["count"] += 1
+                if it % 10 == 0 or it == epoch_size - 1:
+                    bar.set_postfix(
+                        loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.5f}", kl=f"{m['kl']:.3f}",
+                        beta=f"{m['beta']:.3g}", tfr=f"{m['tfr']:.2f}", refresh=False,
+                    )
+                if stop.requested and it < epoch_size - 1:
+                    bar.close()
+                    store.save(int(state.step), state, _meta(model_cfg, epoch, it + 1, batches, sums, config))
+                    tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
+                    raise KeyboardInterrupt
+        bar.close()
+
+        count = max(sums["count"], 1)
+        row = {k: sums[k] / count for k in STEP_METRICS}
+        row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
+        last = epoch == config.train.niter - 1
+        if (epoch + 1) % config.eval.every_epochs == 0 or last:
+            scores = validate_model(config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs)
+            row["val_psnr"] = float(scores["psnr"][0].mean())
+            for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
+                frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
+                frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
+                visualize.write_gif(
+                    frames_pred, frames_true, config.n_past,
+                    os.path.join(gifs_dir, f"epoch_{epoch + 1:03d}" + (f"_{j}" if j else "") + ".gif"),
+                )
+        row["seconds"] = time.time() - t0
+        row["rss_mb"] = rss_mb()
+        history = pd.concat([history, pd.DataFrame([row])[METRIC_COLUMNS]], ignore_index=True)
+        # Checkpoint first, then the CSV: a crash in between only redoes this epoch's row.
+        store.save(int(state.step), state, _meta(model_cfg, epoch + 1, 0, batches, None, config, row["val_psnr"]),
+                   val_psnr=row["val_psnr"])
+        _write_csv(history, metrics_path)
+        visualize.plot_training_curves(metrics_path, plots_dir)
+        val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
+        tqdm.write(
+            f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
+            f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)"
+        )
+        start_iter, sums = 0, None
+        if stop.requested:
+            tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
+            raise KeyboardInterrupt
+    store.close()
+    return row
+
+
+class _StopFlag:
+    """Turn Ctrl-C (SIGINT) into a flag the loop checks between steps.
+
+    Stopping between steps keeps the state, its step counter and the data iterator's position
+    in agreement, so the checkpoint written on the way out resumes exactly.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr=float("nan")) -> dict:
+    import dataclasses
+
+    return {
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "iterator": batches.get_state(),
+        "epoch_sums": sums,
+        "seed": int(config.seed),
+        "val_psnr": None if val_psnr != val_psnr else float(val_psnr),
+        "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(model_cfg).items()},
+    }
