@@ -9,7 +9,7 @@ Writes DIR/eval/<split>/{metrics.json, predictions.npz, per_frame.png, gifs/} an
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from vp_jax.errors import ConfigError, cli_main
 
@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 
 @cli_main
 def main(argv):
+    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
     if len(argv) > 1:
         raise ConfigError(f"unexpected argument {argv[1]!r}")
     from vp_jax.evaluation import evaluate_workdir

@@ -10,7 +10,7 @@ Running the same command on an existing workdir resumes it from its latest check
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vp_jax.errors import ConfigError, cli_main
@@ -23,6 +23,7 @@ FLAGS = flags.FLAGS
 
 @cli_main
 def main(argv):
+    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
     if len(argv) > 1:
         raise ConfigError(f"unexpected argument {argv[1]!r} (options are --config, --workdir, --config.FIELD=VALUE)")
     from vp_jax.config import load_config_json

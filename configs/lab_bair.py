@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.random_offset = False
     c.data.normalize_condition = False
     c.data.skip_bad = False
+    c.data.tfds_validate = 256  # tfds: validate = the last 256 of TFDS train (no validation split there)
     c.data.pushbot = ml_collections.ConfigDict(dict(train=1000, validate=256, test=256, seed=0))
 
     c.train = ml_collections.ConfigDict()
@@ -80,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.num_samples = 1
     c.eval.bn_mode = "inference"
     c.eval.num_gifs = 4
+
+    # Data parallelism (vp_jax/parallel.py): batch split over all devices. True = multi-host:
+    # jax.distributed.initialize() runs first, on every host.
+    c.parallel = ml_collections.ConfigDict(dict(distributed=False))
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 3

@@ -60,12 +60,14 @@ def predict_and_score(
     keep_predictions: bool = False,
     generate_fn=None,
     progress: bool = False,
+    cond_stats: dict | None = None,
 ) -> dict:
     """Generate ``num_samples`` futures for each sequence of ``source`` and score them.
 
     Returns numpy arrays: ``psnr`` and ``ssim`` ``[N, S, T_pred]``; ``copy_psnr`` and
     ``copy_ssim`` ``[S, T_pred]`` (last context frame repeated); with ``keep_predictions`` also
     ``pred`` (sample 0), ``target`` and ``context`` uint8 ``[S, T, 64, 64, 3]``.
+    ``cond_stats`` (mean/std from the training split) standardises the conditions as in training.
     ``cond_permutation`` reorders the conditions across sequences (the shuffled-condition test).
     The last batch is padded by repeating its last sequence; padded rows are dropped (with
     ``bn_mode='batch_stats'`` the padding takes part in the batch statistics).
@@ -80,6 +82,8 @@ def predict_and_score(
         frames = np.asarray(source.frames[idx, :n_eval])
         cidx = idx if cond_permutation is None else cond_permutation[idx]
         cond = np.asarray(source.cond[cidx, :n_eval], dtype=np.float32)
+        if cond_stats is not None:
+            cond = (cond - cond_stats["mean"]) / cond_stats["std"]
         cond = cond[..., : config.model.cond_dim]
         pred = generate(params, batch_stats, frames, cond, jax.random.fold_in(key, i))
         target = frames[:, n_past:]
@@ -188,7 +192,7 @@ def evaluate_workdir(
     """Restore a checkpoint of ``workdir`` and write ``DIR/eval/<split>/`` (see eval.py)."""
     from vp_jax import visualize
     from vp_jax.config import load_config_json, model_config, validate
-    from vp_jax.data.pipeline import open_split
+    from vp_jax.data.pipeline import condition_stats, open_split
     from vp_jax.errors import VPError
     from vp_jax.training.checkpoints import CheckpointStore
     from vp_jax.training.state import create_train_state
@@ -211,7 +215,8 @@ def evaluate_workdir(
     source = open_split(config.data, split)
     key = jax.random.fold_in(jax.random.key(config.seed), 7919)
 
-    common = dict(bn_mode=bn_mode, batch_size=config.eval.batch_size)
+    cond_stats = condition_stats(open_split(config.data, "train")) if config.data.normalize_condition else None
+    common = dict(bn_mode=bn_mode, batch_size=config.eval.batch_size, cond_stats=cond_stats)
     scores = predict_and_score(
         config, state.params, state.batch_stats, source, key=key, num_samples=num_samples,
         keep_predictions=True, progress=True, **common,

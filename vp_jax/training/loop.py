@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from vp_jax import visualize
 from vp_jax.config import load_config_json, model_config, save_config_json, validate
-from vp_jax.data.pipeline import BatchIterator, open_split
+from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
 from vp_jax.errors import ConfigError, VPError
 from vp_jax.evaluation import predict_and_score
 from vp_jax.generation import make_generate_fn
@@ -128,7 +128,7 @@ def prepare_workdir(config, workdir: str):
     save_config_json(config, saved_path)
 
 
-def validate_model(config, state, source, generate_fn, key, *, keep: int = 0) -> dict:
+def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, cond_stats=None) -> dict:
     """Lab metric on (part of) the validation split; returns scores (and a few predictions)."""
     return predict_and_score(
         config,
@@ -140,6 +140,7 @@ def validate_model(config, state, source, generate_fn, key, *, keep: int = 0) ->
         max_batches=config.eval.num_val_batches,
         keep_predictions=keep > 0,
         generate_fn=generate_fn,
+        cond_stats=cond_stats,
     )
 
 
@@ -155,12 +156,14 @@ def _train(config, workdir: str) -> dict:
     seq_len = config.n_past + config.n_future
     train_src = open_split(config.data, "train")
     val_src = open_split(config.data, "validate")
+    cond_stats = condition_stats(train_src) if config.data.normalize_condition else None
     batches = BatchIterator(
         train_src,
         batch_size=config.train.batch_size,
         seq_len=seq_len,
         seed=config.seed,
         random_offset=config.data.random_offset,
+        cond_stats=cond_stats,
     )
 
     base_key = jax.random.key(config.seed)
@@ -238,7 +241,9 @@ def _train(config, workdir: str) -> dict:
         row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
         last = epoch == config.train.niter - 1
         if (epoch + 1) % config.eval.every_epochs == 0 or last:
-            scores = validate_model(config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs)
+            scores = validate_model(
+                config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats
+            )
             row["val_psnr"] = float(scores["psnr"][0].mean())
             for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
                 frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
