@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny model (configs/tiny.py) initialised once per test session.
+
+Initialising compiles ~100 threefry draws (seconds on a 2-core CPU), so tests share one set of
+variables; variants that only drop networks (fixed prior) reuse it.
+"""
+
+import os
+
+import jax
+import pytest
+
+from vp_jax.config import load_config_file, model_config, validate
+from vp_jax.models.cvae import init_variables
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """configs/tiny.py: enc_widths (4, 4, 8, 8), g 8, z 4, rnn 16, n_past 2, n_future 3."""
+    return validate(load_config_file(os.path.join(CONFIGS, "tiny.py")))
+
+
+@pytest.fixture(scope="session")
+def tiny_variables(tiny_config):
+    """``{'params', 'batch_stats'}`` of the tiny learned-prior model (PRNGKey(0))."""
+    return init_variables(model_config(tiny_config), jax.random.PRNGKey(0))
+
+
+# Backend optimisation off: same results, a fraction of XLA's compile time on a 2-core CPU.
+# For test harnesses and oracles only (what is tested is the traced program, not XLA's
+# optimisation of it); the jitted train step itself is tested as the library compiles it.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+class FastJit:
+    """``jax.jit(fn, static_argnums)`` compiled with :data:`FAST_COMPILE`, cached per static
+    arguments and input shapes/dtypes."""
+
+    def __init__(self, fn, static_argnums=()):
+        self._jitted = jax.jit(fn, static_argnums=static_argnums)
+        self._static = tuple(static_argnums)
+        self._cache = {}
+
+    def __call__(self, *args):
+        dynamic = [a for i, a in enumerate(args) if i not in self._static]
+        leaves, treedef = jax.tree.flatten(dynamic)
+        key = (
+            tuple(args[i] for i in self._static),
+            treedef,
+            tuple((jax.numpy.shape(x), jax.numpy.result_type(x)) for x in leaves),
+        )
+        if key not in self._cache:
+            self._cache[key] = self._jitted.lower(*args).compile(compiler_options=FAST_COMPILE)
+        return self._cache[key](*dynamic)
+
+
+@pytest.fixture(scope="session")
+def fast_jit():
+    """``fast_jit(fn, static_argnums=())`` -> a :class:`FastJit`."""
+    return FastJit

@@ -1,0 +1,132 @@
+"""VGG-64 encoder and decoder with skip connections (spec §2, the original ``models/vgg_64.py``).
+
+Stage widths come from ``ModelConfig.enc_widths`` ``(w1, w2, w3, w4)``, default
+``(64, 128, 256, 512)``; the decoder mirrors them.  Both networks accept an optional time axis:
+frames ``[B, T, 64, 64, C]`` are encoded with per-time-step BatchNorm statistics (as if the
+original had called the encoder once per frame).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vp_jax.models.layers import (
+    BatchNorm,
+    Dtype,
+    VGGLayer,
+    bias_init,
+    max_pool_2x2,
+    upsample_nearest_2x,
+    weight_init,
+)
+
+#: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
+ENCODER_STAGE_DEPTHS = (2, 2, 3, 3)
+
+
+def _default_time_axis(x: jax.Array, base_ndim: int, time_axis):
+    """``'auto'``: axis 1 when ``x`` has one more axis than an un-timed input, else none."""
+    if time_axis == "auto":
+        return 1 if x.ndim == base_ndim + 1 else None
+    return time_axis
+
+
+class Encoder(nn.Module):
+    """Frame ``[..., 64, 64, C]`` -> (h ``[..., g_dim]`` in (-1, 1), 4 skip tensors).
+
+    Skips (pre-pool stage outputs): ``[..., 64, 64, w1]``, ``[..., 32, 32, w2]``,
+    ``[..., 16, 16, w3]``, ``[..., 8, 8, w4]``.  The last stage is a 4x4 VALID conv to
+    ``g_dim`` -> BatchNorm -> tanh.
+    """
+
+    widths: Sequence[int] = (64, 128, 256, 512)
+    g_dim: int = 128
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, time_axis="auto"):
+        """``x``: ``[B, H, W, C]`` or ``[B, T, H, W, C]`` (``time_axis`` 'auto' -> 1, or an int, or None)."""
+        time_axis = _default_time_axis(x, 4, time_axis)
+        bn = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
+        skips = []
+        for stage, (width, depth) in enumerate(zip(self.widths, ENCODER_STAGE_DEPTHS)):
+            if stage > 0:
+                x = max_pool_2x2(x)
+            for i in range(depth):
+                x = VGGLayer(width, **bn, name=f"c{stage + 1}_{i}")(x, train=train, time_axis=time_axis)
+            skips.append(x)
+        x = max_pool_2x2(x)  # 4 x 4
+        x = nn.Conv(
+            self.g_dim,
+            (4, 4),
+            padding="VALID",
+            kernel_init=weight_init,
+            bias_init=bias_init,
+            dtype=self.dtype,
+            name="c5",
+        )(x)  # 1 x 1
+        x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="c5_bn")(
+            x, train=train, time_axis=time_axis
+        )
+        h = jnp.tanh(x).reshape(x.shape[:-3] + (self.g_dim,))
+        return h, tuple(skips)
+
+
+class Decoder(nn.Module):
+    """(g ``[..., g_dim]``, skips as returned by :class:`Encoder`) -> frame ``[..., 64, 64, C]`` in (0, 1).
+
+    4x4 transposed conv g_dim -> w4 (1x1 -> 4x4) -> BN -> LeakyReLU; then at 8, 16, 32 and 64
+    pixels: nearest x2 upsample, concat ``[upsampled, skip]`` on channels, vgg_layers
+    ``(w4, w4, w3)``, ``(w3, w3, w2)``, ``(w2, w1)``, ``(w1,)``; last a 3x3 transposed conv
+    (stride 1, pad 1) to ``channels`` and a sigmoid.
+    """
+
+    widths: Sequence[int] = (64, 128, 256, 512)
+    channels: int = 3
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, g: jax.Array, skips: Sequence[jax.Array], *, train: bool, time_axis="auto"):
+        """``g``: ``[B, g_dim]`` or ``[B, T, g_dim]``; returns float32 ``[B, (T,) 64, 64, channels]``."""
+        time_axis = _default_time_axis(g, 2, time_axis)
+        w1, w2, w3, w4 = self.widths
+        bn = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
+        x = g.reshape(g.shape[:-1] + (1, 1, g.shape[-1]))
+        x = nn.ConvTranspose(
+            w4,
+            (4, 4),
+            padding="VALID",
+            kernel_init=weight_init,
+            bias_init=bias_init,
+            dtype=self.dtype,
+            name="upc1",
+        )(x)  # 4 x 4
+        x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="upc1_bn")(
+            x, train=train, time_axis=time_axis
+        )
+        x = nn.leaky_relu(x, negative_slope=0.2)
+        # Stages at 8, 16, 32, 64 pixels: each consumes the encoder skip of the same size.
+        stage_widths = ((w4, w4, w3), (w3, w3, w2), (w2, w1), (w1,))
+        for stage, (skip, outs) in enumerate(zip(reversed(tuple(skips)), stage_widths)):
+            x = upsample_nearest_2x(x)
+            x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+            for i, width in enumerate(outs):
+                x = VGGLayer(width, **bn, name=f"upc{stage + 2}_{i}")(x, train=train, time_axis=time_axis)
+        x = nn.ConvTranspose(
+            self.channels,
+            (3, 3),
+            padding="SAME",
+            kernel_init=weight_init,
+            bias_init=bias_init,
+            dtype=self.dtype,
+            name="upc5_out",
+        )(x)
+        return nn.sigmoid(x.astype(jnp.float32))

@@ -1,0 +1,60 @@
+"""TrainState and its creation: parameters, BatchNorm running statistics, optimiser state.
+
+The optimiser is one Adam over all parameters (spec §3) wrapped in ``optax.apply_if_finite``:
+an update whose gradients hold a NaN/Inf is skipped (parameters and Adam moments unchanged);
+after ``train.max_nonfinite`` consecutive skips optax gives up and applies it -- the training
+loop is expected to stop the run before that (``metrics['nonfinite_count']``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from vp_jax.config import model_config
+from vp_jax.models.cvae import init_variables
+from vp_jax.schedules import learning_rate_schedule
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a train step reads and writes; a pytree (``tx`` is static).
+
+    Attributes:
+      step: int32 scalar, iterations done so far (drives the lr, beta and tfr schedules).
+      params: ``{'encoder', 'decoder', 'frame_predictor', 'posterior'[, 'prior']}`` parameter trees.
+      batch_stats: BatchNorm running statistics (``{'mean', 'var'}`` leaves), same layout.
+      opt_state: state of :attr:`tx` (``optax.ApplyIfFiniteState`` around Adam's).
+      tx: the optimiser (static: not a pytree leaf).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """``apply_if_finite(adam(lr_schedule, beta1, beta2), max_nonfinite)``."""
+    t = config.train
+    adam = optax.adam(learning_rate_schedule(config), b1=float(t.beta1), b2=float(t.beta2))
+    return optax.apply_if_finite(adam, int(t.max_nonfinite))
+
+
+def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
+    """A freshly initialised :class:`TrainState` (parameters drawn from ``key``, step 0)."""
+    variables = init_variables(model_config(config), key)
+    tx = make_optimizer(config)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params),
+        tx=tx,
+    )
