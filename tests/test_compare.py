@@ -10,7 +10,7 @@ import pytest
 
 from vp_jax import compare
 from vp_jax.config import save_config_json
-from vp_jax.errors import DataError
+from vp_jax.errors import DataError, VPError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,10 +93,10 @@ def test_cli_missing_dir_exit_2_one_line(two_runs, tmp_path):
 def test_invalid_workdirs(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
-    with pytest.raises(DataError, match="config.json"):
+    with pytest.raises(VPError, match="config.json"):
         compare.load_run(str(d))
     (d / "config.json").write_text("{not json")
-    with pytest.raises(DataError, match="config.json"):
+    with pytest.raises(VPError, match="config.json"):
         compare.load_run(str(d))
     (d / "config.json").write_text("{}")
     with pytest.raises(DataError, match="metrics.csv"):

@@ -20,7 +20,9 @@ import sys
 
 import pandas as pd
 
+from vp_jax.config import load_config_json
 from vp_jax.errors import DataError, cli_main
+from vp_jax.visualize import read_metrics_csv
 
 DEFAULT_OUT = "compare_val_psnr.png"
 
@@ -44,27 +46,10 @@ def load_run(workdir: str) -> dict:
     """Read one workdir: ``{'name', 'path', 'config' (flat dict), 'metrics' (DataFrame)}``."""
     if not os.path.isdir(workdir):
         raise DataError(f"{workdir}: not a directory (expected a training workdir)")
-    cfg_path = os.path.join(workdir, "config.json")
-    csv_path = os.path.join(workdir, "metrics.csv")
-    if not os.path.isfile(cfg_path):
-        raise DataError(f"{cfg_path}: missing (is {workdir} a vp_jax training workdir?)")
-    try:
-        with open(cfg_path) as f:
-            raw = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{cfg_path}: not a readable JSON config ({err})") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
-    if not os.path.isfile(csv_path):
-        raise DataError(f"{csv_path}: missing (has the run finished an epoch?)")
-    try:
-        df = pd.read_csv(csv_path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"{csv_path}: not a readable metrics CSV ({str(err).splitlines()[0]})") from None
+    raw = load_config_json(os.path.join(workdir, "config.json")).to_dict()
+    df = read_metrics_csv(os.path.join(workdir, "metrics.csv"))
     if "epoch" not in df.columns:
-        raise DataError(f"{csv_path}: expected an 'epoch' column, got {list(df.columns)}")
-    for col in df.columns:
-        df[col] = pd.to_numeric(df[col], errors="coerce")
+        raise DataError(f"{workdir}/metrics.csv: expected an 'epoch' column, got {list(df.columns)}")
     name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
     return {"name": name, "path": workdir, "config": flatten(raw), "metrics": df}
 

@@ -54,7 +54,8 @@ def _save_fig(fig, path: str) -> str:
 # ----------------------------------------------------------------------------- training curves
 
 
-def _read_metrics_csv(path: str) -> pd.DataFrame:
+def read_metrics_csv(path: str) -> pd.DataFrame:
+    """A training ``metrics.csv`` as numbers ('' and 'nan' become NaN); DataError if unusable."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: metrics CSV not found")
     try:
@@ -110,7 +111,7 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
     other than step, epoch, loss, mse, kl, beta, tfr, lr, val_psnr are ignored; missing ones
     are left out of the plots.
     """
-    df = _read_metrics_csv(metrics_csv_path)
+    df = read_metrics_csv(metrics_csv_path)
     x = _x_axis(df)
     os.makedirs(out_dir, exist_ok=True)
     written = []
