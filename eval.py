@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
+from vp_jax.config import cli_flags_parser
 from vp_jax.errors import ConfigError, cli_main
 
 flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
@@ -42,4 +43,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    app.run(main)
+    app.run(main, flags_parser=cli_flags_parser())  # flag errors: one line, exit 2

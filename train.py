@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vp_jax.config import cli_flags_parser
 from vp_jax.errors import ConfigError, cli_main
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -40,4 +41,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ importable
-    app.run(main)
+    app.run(main, flags_parser=cli_flags_parser())  # flag errors: one line, exit 2

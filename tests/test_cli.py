@@ -117,9 +117,17 @@ def test_eval_errors_are_one_line(trained, tmp_path):
             import shutil
 
             shutil.rmtree(empty / "checkpoints" / sub / step)
+    # Lab folders that are not there (pushbot data would be regenerated, so use the lab source).
+    import shutil
+
+    lab = tmp_path / "lab"
+    shutil.copytree(trained["workdir"], lab)
+    cfg = json.load(open(lab / "config.json"))
+    cfg["data"]["source"] = "lab"
+    json.dump(cfg, open(lab / "config.json", "w"))
     cases = {
         "no checkpoints": (["--workdir", str(empty)], "no checkpoints"),
-        "missing data": (["--workdir", trained["workdir"], "--data_root", str(tmp_path / "nowhere")], "nowhere"),
+        "missing data": (["--workdir", str(lab), "--data_root", str(tmp_path / "nowhere")], "nowhere"),
         "not a workdir": (["--workdir", str(tmp_path / "absent")], "absent"),
     }
     for name, (args, needle) in cases.items():

@@ -141,6 +141,102 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def cli_flags_parser(flag_values=None, config_flag: str = "config"):
+    """A ``flags_parser`` for ``absl.app.run(main, flags_parser=...)``: any command-line error ends
+    the process with ONE line ``error: ...`` on stderr and exit status 2 (as ``@cli_main`` does for
+    :class:`~vp_jax.errors.VPError`), where absl prints two lines ("FATAL Flags parsing error",
+    "Pass --helpshort ...") and ml_collections a traceback (an unknown ``--config.FIELD``, a
+    ``--config`` file that is missing or fails to load).
+    """
+
+    def parse(argv):
+        from absl import flags as absl_flags
+
+        fv = absl_flags.FLAGS if flag_values is None else flag_values
+        try:
+            rest = fv(argv)
+        except absl_flags.Error as err:
+            if _flag_value(argv, config_flag) is None and any(a.startswith(f"--{config_flag}.") for a in argv[1:]):
+                _exit_with(f"{err}: --{config_flag}.FIELD=VALUE overrides need --{config_flag} FILE")
+            _exit_with(_config_file_problem(argv, config_flag) or f"{err} (see --helpshort)")
+        except BrokenPipeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - ml_collections raises plain KeyError/AttributeError
+            _exit_with(_config_file_problem(argv, config_flag) or _override_error(argv, err, config_flag))
+        if config_flag in fv and type(fv[config_flag].value).__name__ == "_ErrorConfig":  # a deferred failure
+            _exit_with(_config_file_problem(argv, config_flag) or f"--{config_flag}: cannot be loaded")
+        return rest
+
+    return parse
+
+
+def _exit_with(message: str) -> None:
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_value(argv, name: str) -> str | None:
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _config_file_problem(argv, config_flag: str) -> str | None:
+    """Why the ``--config`` file of ``argv`` cannot be loaded, or None (loads, or none given)."""
+    path = _flag_value(argv, config_flag)
+    if path is None:
+        return None
+    if not os.path.isfile(path) and ":" in path:  # ml_collections' "file.py:argument" form
+        path = path.split(":", 1)[0]
+    if not os.path.isfile(path):
+        return f"--{config_flag} {path}: file not found (expected a configs/*.py file with get_config())"
+    try:
+        load_config_file(path)
+    except ConfigError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - anything the file itself raises
+        return f"--{config_flag} {path}: cannot be loaded ({type(err).__name__}: {err})"[:400]
+    return None
+
+
+def _override_error(argv, err, config_flag: str) -> str:
+    """Name the ``--config.FIELD=...`` argument whose FIELD does not exist, with a suggestion."""
+    import difflib
+
+    path = _flag_value(argv, config_flag)
+    config = load_config_file(path) if path else None
+    for arg in argv[1:]:
+        if config is None or not arg.startswith(f"--{config_flag}."):
+            continue
+        node, parts = config, arg[2:].split("=", 1)[0].split(".")[1:]
+        for i, key in enumerate(parts):
+            if isinstance(node, (ml_collections.ConfigDict, dict)) and key in node:
+                node = node[key]
+                continue
+            parent = ".".join([config_flag, *parts[:i]])
+            if not isinstance(node, (ml_collections.ConfigDict, dict)):
+                return f"{arg}: {parent} is a {type(node).__name__}, not a group of fields"
+            close = difflib.get_close_matches(key, list(node.keys()), n=1)
+            hint = f"did you mean {parent}.{close[0]}?" if close else f"fields: {', '.join(sorted(node.keys()))}"
+            return f"{arg}: {parent} has no field {key!r} ({hint})"
+    cause = _root_cause(err)
+    return f"bad command line ({type(cause).__name__}: {cause})"[:400]
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nxt = err.__cause__ or err.__context__
+        if nxt is None:
+            break
+        err = nxt
+    return err
+
+
 def save_config_json(config: ml_collections.ConfigDict, path: str) -> None:
     """Write the config as JSON (temporary file + rename)."""
     tmp = path + ".tmp"

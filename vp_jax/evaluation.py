@@ -10,6 +10,7 @@ can be recomputed exactly from ``predictions.npz`` (rounding moves PSNR by ~0.01
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -26,7 +27,10 @@ def _to_uint8(x):
     return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
 
 
+@functools.cache
 def _make_scorer():
+    """One jitted scorer per process (validation runs every epoch; compile it once)."""
+
     @jax.jit
     def score(pred, target):
         """pred float [N, B, T, H, W, C] in [0, 1]; target uint8 [B, T, H, W, C]."""

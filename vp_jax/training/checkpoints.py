@@ -5,21 +5,32 @@
 
 * ``state``: the :class:`~vp_jax.training.state.TrainState` pytree (params, BatchNorm running
   statistics, optimiser state including the non-finite counter, step), and
-* ``meta``: JSON — epoch, the data iterator's state, the base RNG seed, validation PSNR, and
-  the model config that wrote it (so a checkpoint from another model is refused by name).
+* ``meta``: JSON — epoch, the data iterator's state, the base RNG seed, validation PSNR, the
+  epoch's ``metrics.csv`` row, the model config that wrote it (so a checkpoint from another
+  model is refused by name) and ``state_sha256``, a checksum of the state's contents.
 
-Orbax writes every checkpoint into a temporary folder and renames it when complete, so a
-killed process never leaves a checkpoint that looks finished. Saving is synchronous: the
-train loop's next step does not overlap with it, which keeps resumption exact and simple.
+Crash safety. Orbax writes every checkpoint into a temporary folder and renames it when
+complete, so a killed process never leaves a checkpoint that looks finished; leftover temporary
+folders are removed when training opens the store again. Saving is synchronous: the train
+loop's next step does not overlap with it, which keeps resumption exact and simple. A
+checkpoint damaged afterwards (a truncated or deleted file, a flipped bit) fails to restore or
+fails its checksum: :meth:`CheckpointStore.restore` raises :class:`DamagedCheckpointError`, and
+:meth:`CheckpointStore.restore_for_resume` moves it to ``checkpoints/damaged/`` and falls back to
+the previous one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import hashlib
 import os
+import shutil
+import sys
 import warnings
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vp_jax.config import ModelConfig
@@ -27,10 +38,44 @@ from vp_jax.errors import CheckpointError
 
 LATEST = "latest"
 BEST = "best"
+DAMAGED = "damaged"
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint exists but cannot be read back intact (truncated, deleted or changed files)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def has_checkpoints(workdir: str) -> bool:
+    """Whether ``workdir`` holds a finished checkpoint folder (cheap: no orbax, no reading)."""
+    root = checkpoint_dir(workdir)
+    for sub in (LATEST, BEST):
+        try:
+            if any(name.isdigit() for name in os.listdir(os.path.join(root, sub))):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def state_digest(state) -> str | None:
+    """SHA-256 over every leaf of ``state`` (path, dtype, shape, bytes); None if some leaf is not
+    fully addressable from this process (multi-host), where it cannot be computed locally."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if not getattr(leaf, "is_fully_addressable", True):
+            return None
+        arr = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}:{arr.dtype}:{arr.shape};".encode())
+        h.update(arr.data if arr.size else b"")
+    return h.hexdigest()
 
 
 def _manager(path: str, keep: int, best: bool, read_only: bool) -> ocp.CheckpointManager:
@@ -42,6 +87,9 @@ def _manager(path: str, keep: int, best: bool, read_only: bool) -> ocp.Checkpoin
         enable_async_checkpointing=False,
         create=not read_only,
         read_only=read_only,
+        # Temporary folders of saves that a killed process left behind. Only the writer (who
+        # holds the workdir lock, so no save is under way) removes them.
+        cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
@@ -56,6 +104,45 @@ def model_mismatch(saved: dict, current: ModelConfig) -> str | None:
         if theirs != ours:
             return f"model.{field.name}: checkpoint has {theirs!r}, config has {ours!r}"
     return None
+
+
+def _reason(err: BaseException) -> str:
+    """A short one-line description of why reading failed."""
+    text = " ".join(str(err).split()).split(" See full TensorStore details")[0]  # orbax appends a spec dump
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _is_orbax_leftover(unraisable) -> bool:
+    exc, obj = unraisable.exc_value, unraisable.object
+    code = getattr(obj, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True  # a read coroutine of the failed restore, closed unawaited
+    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)  # its late callbacks
+
+
+def _silence_orbax_leftovers() -> None:
+    """A failed orbax restore leaves read coroutines and callbacks behind; when Python collects
+    them (now, or at exit) it prints "Exception ignored in ..." tracebacks, which would bury the
+    one-line message. Drop exactly those reports from now on and collect what can be collected."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_vp_jax", False):
+        return
+
+    def hook(unraisable):
+        if not _is_orbax_leftover(unraisable):
+            previous(unraisable)
+
+    hook._vp_jax = True
+    sys.unraisablehook = hook
+    gc.collect()
+
+
+def _like_target(restored, target):
+    if isinstance(target, jax.Array) and not target.committed and getattr(restored, "committed", False):
+        return jax.device_put(np.asarray(restored))
+    return restored
 
 
 class CheckpointStore:
@@ -81,18 +168,32 @@ class CheckpointStore:
     def steps(self) -> list[int]:
         return sorted(self._latest.all_steps())
 
+    def _saved(self) -> str:
+        return f"saved steps: latest {self.steps()}, best {sorted(self._best.all_steps())}"
+
     # -- save / restore -----------------------------------------------------------------
     def save(self, step: int, state, meta: dict, val_psnr: float | None = None) -> None:
-        """Save ``state`` and ``meta`` as step ``step``; also as best if ``val_psnr`` is best."""
+        """Save ``state`` and ``meta`` as step ``step``; also as best if ``val_psnr`` is best.
+
+        The best copy is written first: a process killed between the two saves redoes the
+        epoch, finds the best copy already there and writes only the latest one, so the
+        outcome is the same as without the kill.
+        """
+        meta = dict(meta, state_sha256=state_digest(state))
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._latest.save(step, args=args, force=True)
-        if val_psnr is not None and val_psnr == val_psnr:  # not NaN
+        if val_psnr is not None and val_psnr == val_psnr and step not in self._best.all_steps():  # not NaN
             best = self._best.best_step()
-            if best is None or val_psnr > self._read_meta(self._best, best).get("val_psnr", -1e9):
-                args = ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-                )
+            best_psnr = -np.inf
+            if best is not None:
+                try:
+                    best_psnr = float(self._read_meta(self._best, best).get("val_psnr") or -np.inf)
+                except Exception:  # noqa: BLE001 - a damaged best copy is replaced
+                    self._quarantine(self._best, best)
+            if val_psnr > best_psnr:
                 self._best.save(step, args=args, metrics={"val_psnr": float(val_psnr)}, force=True)
+        if step in self._latest.all_steps():  # only after a crash: replace it
+            self._latest.delete(step)
+        self._latest.save(step, args=args, force=True)
         self.wait()
 
     def _read_meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
@@ -128,14 +229,21 @@ class CheckpointStore:
         """Restore ``which`` ('latest', 'best' or a step) into the structure of ``abstract_state``.
 
         Returns ``(state, meta)``. Raises :class:`CheckpointError` naming the mismatching model
-        field when the checkpoint was written by another model.
+        field when the checkpoint was written by another model, and
+        :class:`DamagedCheckpointError` when it cannot be read back intact.
         """
         manager, step = self.resolve(which)
         path = os.path.join(str(manager.directory), str(step))
+
+        def damaged(reason: str) -> DamagedCheckpointError:
+            return DamagedCheckpointError(f"{path}: damaged checkpoint ({reason}); {self._saved()}", reason)
+
         try:
             meta = self._read_meta(manager, step)
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta is a {type(meta).__name__}, expected a JSON object")
         except Exception as err:  # noqa: BLE001 - any read failure means a damaged checkpoint
-            raise CheckpointError(f"{path}: damaged checkpoint (metadata unreadable: {type(err).__name__})") from None
+            raise damaged(f"meta unreadable: {_reason(err)}") from None
         mismatch = model_mismatch(meta.get("model", {}), model_cfg)
         if mismatch:
             raise CheckpointError(f"{path}: written by another model ({mismatch})")
@@ -143,10 +251,61 @@ class CheckpointStore:
         try:
             restored = manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-            )
+            )["state"]
         except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-        return restored["state"], meta
+            _silence_orbax_leftovers()
+            raise damaged(f"state unreadable: {_reason(err)}") from None
+        expected = meta.get("state_sha256")
+        if expected and state_digest(restored) not in (None, expected):
+            raise damaged("state contents differ from the checksum saved with it")
+        # Orbax returns arrays committed to a device; a freshly created state is uncommitted, and
+        # jit compiles the two as different programs. Match the target, so that a resumed run runs
+        # the very program of an uninterrupted one (and finds it in a persistent compilation cache).
+        restored = jax.tree_util.tree_map(_like_target, restored, abstract_state)
+        return restored, meta
+
+    def restore_for_resume(self, abstract_state, model_cfg: ModelConfig, warn=print):
+        """The newest intact 'latest' checkpoint as ``(state, meta)``, or None if there is none.
+
+        A damaged checkpoint is moved to ``checkpoints/damaged/`` (so that training can write
+        that step again) with a one-line ``warn(message)``, and the previous one is tried. A
+        checkpoint of another model raises :class:`CheckpointError`; so does a store in which
+        every checkpoint is damaged (starting over silently would lose the run).
+        """
+        steps = sorted(self._latest.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return self.restore(step, abstract_state, model_cfg)
+            except DamagedCheckpointError as err:
+                moved = self._quarantine(self._latest, step)
+                warn(
+                    f"warning: {os.path.join(self.root, LATEST, str(step))}: damaged checkpoint ({err.reason}); "
+                    f"moved to {moved}, trying the previous one"
+                )
+        if steps:
+            raise CheckpointError(
+                f"{os.path.join(self.root, LATEST)}: all {len(steps)} checkpoints are damaged (moved to "
+                f"{os.path.join(self.root, DAMAGED)}); move {self.root} away to train from scratch"
+            )
+        return None
+
+    def _quarantine(self, manager: ocp.CheckpointManager, step: int) -> str:
+        """Move a damaged step folder out of ``manager``'s sight into ``checkpoints/damaged/``."""
+        src = os.path.join(str(manager.directory), str(step))
+        dest_dir = os.path.join(self.root, DAMAGED)
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, f"{os.path.basename(str(manager.directory))}-{step}")
+        n = 1
+        while os.path.exists(dest):
+            n += 1
+            dest = os.path.join(dest_dir, f"{os.path.basename(str(manager.directory))}-{step}.{n}")
+        try:
+            os.rename(src, dest)
+        except OSError:
+            shutil.rmtree(src, ignore_errors=True)
+            dest = "(deleted)"
+        manager.reload()
+        return dest
 
     def wait(self) -> None:
         self._latest.wait_until_finished()

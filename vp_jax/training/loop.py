@@ -20,7 +20,9 @@ import fcntl
 import math
 import os
 import resource
+import shutil
 import signal
+import sys
 import time
 
 import jax
@@ -34,7 +36,7 @@ from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
 from vp_jax.errors import ConfigError, VPError
 from vp_jax.evaluation import predict_and_score
 from vp_jax.generation import make_generate_fn
-from vp_jax.training.checkpoints import CheckpointStore
+from vp_jax.training.checkpoints import CheckpointStore, has_checkpoints
 from vp_jax.training.state import create_train_state
 from vp_jax.training.step import make_train_step
 
@@ -81,7 +83,8 @@ def check_same_run(saved, config) -> None:
 class WorkdirLock:
     """An exclusive ``flock`` on ``DIR/.lock``: one writer per workdir.
 
-    The kernel drops the lock when its process dies, so a killed run never blocks the next.
+    The kernel drops the lock when its process dies, so a killed run never blocks the next
+    (the stale ``.lock`` file left behind is harmless: only the ``flock`` counts).
     """
 
     def __init__(self, workdir: str):
@@ -93,8 +96,14 @@ class WorkdirLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            try:
+                holder = f" (pid {int(os.read(self._fd, 32).decode().strip())})"
+            except (OSError, ValueError):
+                holder = ""
             os.close(self._fd)
-            raise VPError(f"{self.path}: another train.py is running on this workdir") from None
+            raise VPError(
+                f"{self.path}: another train.py{holder} is training this workdir; one writer per workdir"
+            ) from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())
         return self
@@ -108,8 +117,13 @@ def _read_metrics(path: str, upto_epoch: int) -> pd.DataFrame:
     """Rows of an existing metrics.csv for epochs < ``upto_epoch`` (later ones are redone)."""
     if not os.path.exists(path):
         return pd.DataFrame(columns=METRIC_COLUMNS)
-    frame = pd.read_csv(path)
-    return frame[frame["epoch"] < upto_epoch].reset_index(drop=True)
+    try:
+        frame = pd.read_csv(path)
+        frame = frame[frame["epoch"] < upto_epoch].reset_index(drop=True)
+    except Exception as err:  # noqa: BLE001 - edited or damaged by hand
+        raise VPError(f"{path}: unreadable ({type(err).__name__}); move it away to resume (it is rewritten from "
+                      f"epoch {upto_epoch + 1} on)") from None
+    return frame
 
 
 def _write_csv(frame: pd.DataFrame, path: str) -> None:
@@ -119,13 +133,12 @@ def _write_csv(frame: pd.DataFrame, path: str) -> None:
 
 
 def prepare_workdir(config, workdir: str):
-    """Create ``workdir`` or check that ``config`` continues the run that is in it."""
+    """Check that ``config`` may train in ``workdir``: one that holds checkpoints must be continued
+    with the config it was trained with (``RESUMABLE_CHANGES`` aside). Writes nothing."""
     validate(config)
-    os.makedirs(workdir, exist_ok=True)
     saved_path = os.path.join(workdir, "config.json")
-    if os.path.exists(saved_path):
+    if os.path.exists(saved_path) and has_checkpoints(workdir):
         check_same_run(load_config_json(saved_path), config)
-    save_config_json(config, saved_path)
 
 
 def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, cond_stats=None) -> dict:
@@ -145,10 +158,35 @@ def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, co
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir`` (resuming what is there); return the last epoch's row."""
-    prepare_workdir(config, workdir)
+    """Train ``config`` in ``workdir`` (resuming what is there); return the last epoch's row.
+
+    A run that fails (bad input, non-finite losses) or is interrupted before its first checkpoint
+    in a new or empty ``workdir`` leaves no workdir behind.
+    """
+    validate(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise VPError(f"--workdir {workdir}: exists and is not a folder")
+    new = not os.path.exists(workdir)
+    empty = new or not os.listdir(workdir)
+    created = os.path.abspath(workdir)  # the outermost folder this call creates
+    while new and not os.path.exists(os.path.dirname(created)):
+        created = os.path.dirname(created)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        raise VPError(f"--workdir {workdir}: cannot create it ({err.strerror})") from None
     with WorkdirLock(workdir):
-        return _train(config, workdir)
+        try:
+            prepare_workdir(config, workdir)
+            return _train(config, workdir)
+        except (VPError, KeyboardInterrupt):
+            if empty and not has_checkpoints(workdir):  # nothing trained: leave nothing behind
+                for name in os.listdir(workdir):
+                    path = os.path.join(workdir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+                if new:
+                    shutil.rmtree(created, ignore_errors=True)
+            raise
 
 
 def _train(config, workdir: str) -> dict:
@@ -170,16 +208,25 @@ def _train(config, workdir: str) -> dict:
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
     store = CheckpointStore(workdir, keep=config.checkpoint.keep)
-    start_epoch, start_iter, sums = 0, 0, None
-    if store.latest_step() is not None:
-        state, meta = store.restore("latest", state, model_cfg)
+    start_epoch, start_iter, sums, last_row = 0, 0, None, None
+    # The newest intact checkpoint; damaged ones are moved aside with a one-line warning.
+    restored = store.restore_for_resume(state, model_cfg, warn=lambda msg: tqdm.write(msg, file=sys.stderr))
+    if restored is not None:
+        state, meta = restored
         batches.set_state(meta["iterator"])
         start_epoch, start_iter = meta["epoch"], meta["iteration"]
         sums = meta.get("epoch_sums")
+        last_row = meta.get("row")
         tqdm.write(f"resuming {workdir} at step {int(state.step)} (epoch {start_epoch}, iteration {start_iter})")
 
     metrics_path = os.path.join(workdir, "metrics.csv")
     history = _read_metrics(metrics_path, start_epoch)
+    if last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
+        # Killed between the checkpoint and the CSV: the row saved with the checkpoint.
+        last_row = {k: (float("nan") if last_row.get(k) is None else last_row[k]) for k in METRIC_COLUMNS}
+        history = pd.concat([history, pd.DataFrame([last_row])[METRIC_COLUMNS]], ignore_index=True)
+        _write_csv(history, metrics_path)
+    save_config_json(config, os.path.join(workdir, "config.json"))
     plots_dir = os.path.join(workdir, "plots")
     gifs_dir = os.path.join(workdir, "gifs")
     os.makedirs(plots_dir, exist_ok=True)
@@ -189,41 +236,48 @@ def _train(config, workdir: str) -> dict:
     generate_fn = make_generate_fn(config, num_samples=1, bn_mode=config.eval.bn_mode)
     epoch_size, max_bad = config.train.epoch_size, config.train.max_nonfinite
     row = history.iloc[-1].to_dict() if len(history) else {}
+    bad_in_a_row = 0  # consecutive skipped (non-finite) updates; carried across epochs
 
-    for epoch in range(start_epoch, config.train.niter):
-        t0 = time.time()
-        sums = sums or {k: 0.0 for k in STEP_METRICS}
-        sums.setdefault("count", 0)
-        bad_in_a_row = 0
-        bar = tqdm(
-            range(start_iter, epoch_size),
-            initial=start_iter,
-            total=epoch_size,
-            desc=f"epoch {epoch + 1}/{config.train.niter}",
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
-        stop = _StopFlag()
-        with stop:
+    # Ctrl-C anywhere in the epoch loop (steps, validation, saving) stops at the next safe point.
+    stop = _StopFlag()
+    with stop:
+        for epoch in range(start_epoch, config.train.niter):
+            t0 = time.time()
+            sums = sums or {k: 0.0 for k in STEP_METRICS}
+            sums.setdefault("count", 0)
+            bar = tqdm(
+                range(start_iter, epoch_size),
+                initial=start_iter,
+                total=epoch_size,
+                desc=f"epoch {epoch + 1}/{config.train.niter}",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
             for it in bar:
                 step = int(state.step)
                 batch = next(batches)
                 state, m = train_step(state, batch, jax.random.fold_in(base_key, step))
                 m = jax.device_get(m)
-                if float(m["finite"]) < 1.0 or not math.isfinite(float(m["loss"])):
-                    bad_in_a_row += 1
+                if float(m["finite"]) < 1.0:
+                    # optax.apply_if_finite skipped the update; its own counter survives epochs and
+                    # checkpoints. Stop at max_nonfinite, before optax would apply the next one.
+                    bad_in_a_row = int(m.get("nonfinite_count", bad_in_a_row + 1))
                     if bad_in_a_row >= max_bad:
                         bar.close()
+                        good = store.latest_step()
+                        kept = (f"the last good checkpoint (step {good}) in {store.root} is kept" if good is not None
+                                else "no checkpoint had been saved")
                         raise TrainingStopped(
                             f"step {step}: loss was non-finite for {bad_in_a_row} steps in a row "
-                            f"(train.max_nonfinite={max_bad}); updates were skipped and the last good "
-                            f"checkpoint in {store.root} is kept: lower train.lr or check the data"
+                            f"(train.max_nonfinite={max_bad}); those updates were skipped, the run stopped and "
+                            f"{kept}: lower train.lr or check the data"
                         )
                 else:
                     bad_in_a_row = 0
-                    for k in STEP_METRICS:
-                        sums[k] += float(m[k])
-                    sums["count"] += 1
+                    if math.isfinite(float(m["loss"])):
+                        for k in STEP_METRICS:
+                            sums[k] += float(m[k])
+                        sums["count"] += 1
                 if it % 10 == 0 or it == epoch_size - 1:
                     bar.set_postfix(
                         loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.5f}", kl=f"{m['kl']:.3f}",
@@ -231,53 +285,61 @@ def _train(config, workdir: str) -> dict:
                     )
                 if stop.requested and it < epoch_size - 1:
                     bar.close()
-                    store.save(int(state.step), state, _meta(model_cfg, epoch, it + 1, batches, sums, config))
-                    tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
+                    if bad_in_a_row:  # never save a state whose last update was skipped
+                        tqdm.write(f"interrupted: not saved (the last {bad_in_a_row} steps were non-finite); "
+                                   f"run the same command to resume from step {store.latest_step()}")
+                    else:
+                        store.save(int(state.step), state, _meta(model_cfg, epoch, it + 1, batches, sums, config))
+                        tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
                     raise KeyboardInterrupt
-        bar.close()
+            bar.close()
 
-        count = max(sums["count"], 1)
-        row = {k: sums[k] / count for k in STEP_METRICS}
-        row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
-        last = epoch == config.train.niter - 1
-        if (epoch + 1) % config.eval.every_epochs == 0 or last:
-            scores = validate_model(
-                config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats
-            )
-            row["val_psnr"] = float(scores["psnr"][0].mean())
-            for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
-                frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
-                frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
-                visualize.write_gif(
-                    frames_pred, frames_true, config.n_past,
-                    os.path.join(gifs_dir, f"epoch_{epoch + 1:03d}" + (f"_{j}" if j else "") + ".gif"),
+            count = sums["count"]
+            row = {k: (sums[k] / count if count else float("nan")) for k in STEP_METRICS}
+            row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
+            last = epoch == config.train.niter - 1
+            if (epoch + 1) % config.eval.every_epochs == 0 or last:
+                scores = validate_model(
+                    config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats
                 )
-        row["seconds"] = time.time() - t0
-        row["rss_mb"] = rss_mb()
-        history = pd.concat([history, pd.DataFrame([row])[METRIC_COLUMNS]], ignore_index=True)
-        # Checkpoint first, then the CSV: a crash in between only redoes this epoch's row.
-        store.save(int(state.step), state, _meta(model_cfg, epoch + 1, 0, batches, None, config, row["val_psnr"]),
-                   val_psnr=row["val_psnr"])
-        _write_csv(history, metrics_path)
-        visualize.plot_training_curves(metrics_path, plots_dir)
-        val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
-        tqdm.write(
-            f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
-            f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)"
-        )
-        start_iter, sums = 0, None
-        if stop.requested:
-            tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
-            raise KeyboardInterrupt
+                row["val_psnr"] = float(scores["psnr"][0].mean())
+                for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
+                    frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
+                    frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
+                    visualize.write_gif(
+                        frames_pred, frames_true, config.n_past,
+                        os.path.join(gifs_dir, f"epoch_{epoch + 1:03d}" + (f"_{j}" if j else "") + ".gif"),
+                    )
+            row["seconds"] = time.time() - t0
+            row["rss_mb"] = rss_mb()
+            history = pd.concat([history, pd.DataFrame([row])[METRIC_COLUMNS]], ignore_index=True)
+            # Checkpoint first, then the CSV: the checkpoint holds the row too, so a crash in between
+            # loses nothing. No checkpoint while updates are being skipped (non-finite losses): the
+            # latest checkpoint stays the last good one, and a resumed run redoes this epoch.
+            if not bad_in_a_row:
+                meta = _meta(model_cfg, epoch + 1, 0, batches, None, config, row["val_psnr"], row=row)
+                store.save(int(state.step), state, meta, val_psnr=row["val_psnr"])
+            _write_csv(history, metrics_path)
+            visualize.plot_training_curves(metrics_path, plots_dir)
+            val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
+            tqdm.write(
+                f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
+                f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)"
+            )
+            start_iter, sums = 0, None
+            if stop.requested and not last:
+                tqdm.write(f"interrupted: saved step {store.latest_step()} in {store.root}; run the same command to resume")
+                raise KeyboardInterrupt
     store.close()
     return row
 
 
 class _StopFlag:
-    """Turn Ctrl-C (SIGINT) into a flag the loop checks between steps.
+    """Turn Ctrl-C (SIGINT) into a flag the loop checks between steps and at the epoch end.
 
     Stopping between steps keeps the state, its step counter and the data iterator's position
-    in agreement, so the checkpoint written on the way out resumes exactly.
+    in agreement, so the checkpoint written on the way out resumes exactly; a Ctrl-C during
+    validation or saving lets them finish.
     """
 
     def __init__(self):
@@ -297,7 +359,7 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def _meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr=float("nan")) -> dict:
+def _meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr=float("nan"), row=None) -> dict:
     import dataclasses
 
     return {
@@ -307,5 +369,7 @@ def _meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr=float("na
         "epoch_sums": sums,
         "seed": int(config.seed),
         "val_psnr": None if val_psnr != val_psnr else float(val_psnr),
+        # This epoch's metrics.csv row (NaN as null), restored if the CSV missed it.
+        "row": None if row is None else {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()},
         "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(model_cfg).items()},
     }
