@@ -80,6 +80,15 @@ class ConditionalVAE(nn.Module):
         """``g`` ``[B, g_dim]``, skips of one encoder pass -> frame ``[B, 64, 64, C]`` float32 in (0, 1)."""
         return self.decoder(g, skips, train=train)
 
+    def decode_steps(self, g: jax.Array, skips, skip_index, train: bool):
+        """All steps at once: ``g`` ``[T, B, g_dim]`` (time-major), skips ``[U, B, H, W, C]`` of
+        the U distinct skip frames, ``skip_index`` (static, T entries) -> ``[T, B, 64, 64, C]``.
+
+        BatchNorm statistics per time step, running statistics updated in time order: the same
+        as T calls of :meth:`decode`.
+        """
+        return self.decoder(g, skips, train=train, time_axis=0, skip_index=tuple(skip_index))
+
     def predict(self, state, h: jax.Array, z: jax.Array, cond: jax.Array | None, train: bool):
         """Frame predictor on ``[h_{t-1}, z_t, c_t]``: -> (new state, g_t ``[B, g_dim]``).
 

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vp_jax.models.layers import (
+    SAME_3X3,
     BatchNorm,
+    Conv,
     Dtype,
     VGGLayer,
-    bias_init,
     max_pool_2x2,
     upsample_nearest_2x,
-    weight_init,
 )
 
 #: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
@@ -62,15 +62,7 @@ class Encoder(nn.Module):
                 x = VGGLayer(width, **bn, name=f"c{stage + 1}_{i}")(x, train=train, time_axis=time_axis)
             skips.append(x)
         x = max_pool_2x2(x)  # 4 x 4
-        x = nn.Conv(
-            self.g_dim,
-            (4, 4),
-            padding="VALID",
-            kernel_init=weight_init,
-            bias_init=bias_init,
-            dtype=self.dtype,
-            name="c5",
-        )(x)  # 1 x 1
+        x = Conv(self.g_dim, (4, 4), ((0, 0), (0, 0)), self.dtype, name="c5")(x)  # 1 x 1
         x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="c5_bn")(
             x, train=train, time_axis=time_axis
         )
@@ -94,21 +86,22 @@ class Decoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, g: jax.Array, skips: Sequence[jax.Array], *, train: bool, time_axis="auto"):
-        """``g``: ``[B, g_dim]`` or ``[B, T, g_dim]``; returns float32 ``[B, (T,) 64, 64, channels]``."""
+    def __call__(self, g: jax.Array, skips: Sequence[jax.Array], *, train: bool, time_axis="auto", skip_index=None):
+        """``g``: ``[B, g_dim]`` or ``[B, T, g_dim]``; returns float32 ``[B, (T,) 64, 64, channels]``.
+
+        Time-major steps with shared skips: ``g`` ``[T, B, g_dim]`` with ``time_axis=0``, skips
+        ``[U, B, H, W, C]`` and ``skip_index`` a static tuple of T entries (step t uses skip
+        frame ``skip_index[t]``); the skip half of each stage's first convolution is computed
+        once per skip frame (:class:`~vp_jax.models.layers.SkipConcatConv`).
+        """
+        if skip_index is not None and time_axis != 0:
+            raise ValueError("Decoder: skip_index needs time-major input (time_axis=0)")
         time_axis = _default_time_axis(g, 2, time_axis)
         w1, w2, w3, w4 = self.widths
         bn = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
         x = g.reshape(g.shape[:-1] + (1, 1, g.shape[-1]))
-        x = nn.ConvTranspose(
-            w4,
-            (4, 4),
-            padding="VALID",
-            kernel_init=weight_init,
-            bias_init=bias_init,
-            dtype=self.dtype,
-            name="upc1",
-        )(x)  # 4 x 4
+        # A stride-1 'VALID' transposed conv = a conv padded by k - 1 (same kernel, same parameters).
+        x = Conv(w4, (4, 4), ((3, 3), (3, 3)), self.dtype, name="upc1")(x)  # 4 x 4
         x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="upc1_bn")(
             x, train=train, time_axis=time_axis
         )
@@ -117,16 +110,14 @@ class Decoder(nn.Module):
         stage_widths = ((w4, w4, w3), (w3, w3, w2), (w2, w1), (w1,))
         for stage, (skip, outs) in enumerate(zip(reversed(tuple(skips)), stage_widths)):
             x = upsample_nearest_2x(x)
-            x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+            # concat([x, skip]) feeds the first vgg_layer; SkipConcatConv never builds it.
             for i, width in enumerate(outs):
-                x = VGGLayer(width, **bn, name=f"upc{stage + 2}_{i}")(x, train=train, time_axis=time_axis)
-        x = nn.ConvTranspose(
-            self.channels,
-            (3, 3),
-            padding="SAME",
-            kernel_init=weight_init,
-            bias_init=bias_init,
-            dtype=self.dtype,
-            name="upc5_out",
-        )(x)
+                x = VGGLayer(width, **bn, name=f"upc{stage + 2}_{i}")(
+                    x,
+                    train=train,
+                    time_axis=time_axis,
+                    skip=skip if i == 0 else None,
+                    skip_index=skip_index if i == 0 else None,
+                )
+        x = Conv(self.channels, (3, 3), SAME_3X3, self.dtype, name="upc5_out")(x)  # = ConvTranspose SAME
         return nn.sigmoid(x.astype(jnp.float32))

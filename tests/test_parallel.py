@@ -1,0 +1,224 @@
+"""Data parallelism (vp_jax/parallel.py) and the CPU XLA flags (vp_jax/xla_flags.py).
+
+The multi-device checks run in a subprocess with ``--xla_force_host_platform_device_count=2``
+(XLA reads it once, when the backend starts), and compare, inside that one process, a mesh of
+one device with a mesh of two: same losses (to 1e-5 over 5 steps), same parameters, same
+generated frames and metrics.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vp_jax import xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_two_device_script(script: str, timeout: float = 900) -> dict:
+    """Run ``script`` with 2 host CPU devices; it prints one JSON line last."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+STAND_IN = """
+import json
+import jax, jax.numpy as jnp, numpy as np, optax
+from vp_jax import parallel
+
+assert jax.device_count() == 2, jax.devices()
+
+def init(key):
+    k1, k2 = jax.random.split(key)
+    return {"w": 0.1 * jax.random.normal(k1, (3, 3, 3, 8)), "g": jnp.ones(8), "b": jnp.zeros(8),
+            "d": 0.1 * jax.random.normal(k2, (8, 3))}
+
+def loss_fn(p, x, y):
+    h = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    m = h.mean((0, 1, 2)); v = h.var((0, 1, 2))          # BatchNorm over the (global) batch
+    h = jax.nn.relu((h - m) * jax.lax.rsqrt(v + 1e-5) * p["g"] + p["b"])
+    out = h.mean((1, 2)) @ p["d"]
+    return jnp.mean((out - y) ** 2), m
+
+tx = optax.adam(1e-2)
+
+@jax.jit
+def step(params, opt, batch):
+    (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch["x"], batch["y"])
+    upd, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, upd), opt, loss, m
+
+rng = np.random.default_rng(0)
+batches = [{"x": rng.random((8, 16, 16, 3), np.float32), "y": rng.random((8, 3), np.float32)} for _ in range(5)]
+out = {}
+for n in (1, 2):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    params = parallel.replicate(init(jax.random.key(0)), mesh)
+    opt = parallel.replicate(tx.init(params), mesh)
+    losses, means = [], []
+    for b in batches:
+        b = parallel.shard_batch(b, mesh)
+        assert len(b["x"].sharding.device_set) == n
+        params, opt, loss, m = step(params, opt, b)
+        losses.append(float(loss)); means.append(np.asarray(m).tolist())
+    out[n] = {"losses": losses, "means": means, "w": np.asarray(params["w"]).ravel().tolist(),
+              "w_devices": len(params["w"].sharding.device_set),
+              "w_replicated": bool(params["w"].sharding.is_fully_replicated)}
+try:
+    parallel.shard_batch({"x": np.zeros((3, 2))}, parallel.make_mesh())
+    out["odd_batch_error"] = None
+except Exception as e:
+    out["odd_batch_error"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_stand_in_two_devices_equal_one_device():
+    out = run_two_device_script(STAND_IN)
+    one, two = out["1"], out["2"]
+    assert one["losses"] == pytest.approx(two["losses"], abs=1e-5, rel=1e-5)
+    assert one["losses"][0] != one["losses"][-1]  # it trained
+    for a, b in zip(one["means"], two["means"]):  # BatchNorm statistics over the global batch
+        assert a == pytest.approx(b, abs=1e-5)
+    assert one["w"] == pytest.approx(two["w"], abs=1e-5)
+    assert two["w_devices"] == 2 and two["w_replicated"]
+    assert out["odd_batch_error"] == "ConfigError"
+
+
+TINY = """
+import json, os
+import jax, jax.numpy as jnp, numpy as np
+from vp_jax import parallel
+from vp_jax.config import load_config_file
+from vp_jax.training.state import create_train_state
+from vp_jax.training.step import make_train_step
+from vp_jax.generation import make_generate_fn
+from vp_jax import metrics as M
+
+assert jax.device_count() == 2
+config = load_config_file(os.path.join("configs", "tiny.py"))
+B, T = config.train.batch_size, config.n_past + config.n_future
+rng = np.random.default_rng(0)
+batches = [{"frames": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8),
+            "cond": rng.standard_normal((B, T, config.model.cond_dim)).astype(np.float32)} for _ in range(5)]
+ev = {"frames": rng.integers(0, 256, (B, config.n_eval, 64, 64, 3), dtype=np.uint8),
+      "cond": rng.standard_normal((B, config.n_eval, config.model.cond_dim)).astype(np.float32)}
+train_step = make_train_step(config)
+out = {}
+for n in (1, 2):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    state = parallel.replicate(create_train_state(config, jax.random.key(0)), mesh)
+    losses, kls = [], []
+    for s, b in enumerate(batches):
+        state, m = train_step(state, parallel.shard_batch(b, mesh), jax.random.fold_in(jax.random.key(1), s))
+        losses.append(float(m["loss"])); kls.append(float(m["kl"]))
+    res = {"losses": losses, "kls": kls}
+    for bn_mode in ("inference", "batch_stats"):
+        gen = make_generate_fn(config, num_samples=2, bn_mode=bn_mode)
+        e = parallel.shard_batch(ev, mesh)
+        pred = gen(state.params, state.batch_stats, e["frames"], e["cond"], jax.random.key(2))
+        target = jnp.asarray(ev["frames"][:, config.n_past:], jnp.float32) / 255.0
+        target = jnp.broadcast_to(target, pred.shape)
+        res[bn_mode] = {"pred_sum": float(jnp.sum(pred)),
+                        "psnr": np.asarray(M.psnr_per_frame(pred, target)).ravel().tolist(),
+                        "ssim": np.asarray(M.ssim_per_frame(pred, target)).ravel().tolist()}
+    out[n] = res
+print(json.dumps(out))
+"""
+
+
+def _model_ready() -> bool:
+    try:
+        import vp_jax.generation  # noqa: F401
+        import vp_jax.training.state  # noqa: F401
+        import vp_jax.training.step  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _model_ready(), reason="model/train step not written yet")
+def test_tiny_config_two_devices_equal_one_device():
+    out = run_two_device_script(TINY)
+    one, two = out["1"], out["2"]
+    assert one["losses"] == pytest.approx(two["losses"], abs=1e-5, rel=1e-5)
+    assert one["kls"] == pytest.approx(two["kls"], abs=1e-5, rel=1e-5)
+    # Autoregressive frames amplify float summation-order differences a little; PSNR in dB
+    # (10 log10 of 1/MSE) turns a 1e-5 relative MSE difference into ~4e-5 dB.
+    for bn_mode in ("inference", "batch_stats"):
+        a, b = one[bn_mode], two[bn_mode]
+        assert a["pred_sum"] == pytest.approx(b["pred_sum"], rel=1e-5)
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
+        assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- xla_flags
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    # A private copy of the environment: configure_xla_flags() writes XLA_FLAGS, and a made-up
+    # flag left in the real one would abort XLA in every later test of this process.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    for var in ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_PLATFORM_NAME", xla_flags.OPT_OUT_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(xla_flags, "_backend_started", lambda: False)
+    monkeypatch.setattr(xla_flags, "_accelerator_plugins", lambda: [])
+    monkeypatch.setattr(xla_flags, "accepted_flags", lambda candidates: tuple(candidates))
+    return monkeypatch
+
+
+def test_flags_added_on_cpu(clean_env):
+    added = xla_flags.configure_xla_flags(("--xla_a=1", "--xla_b=x"))
+    assert added == ["--xla_a=1", "--xla_b=x"]
+    assert os.environ["XLA_FLAGS"] == "--xla_a=1 --xla_b=x"
+
+
+def test_user_flags_win(clean_env):
+    clean_env.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_a=0")
+    added = xla_flags.configure_xla_flags(("--xla_a=1", "--xla_b=x"))
+    assert added == ["--xla_b=x"]
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_a=0 --xla_b=x"
+
+
+def test_opt_out_and_accelerators(clean_env):
+    clean_env.setenv(xla_flags.OPT_OUT_ENV, "1")
+    assert xla_flags.configure_xla_flags(("--xla_a=1",)) == []
+    clean_env.delenv(xla_flags.OPT_OUT_ENV)
+    clean_env.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert xla_flags.configure_xla_flags(("--xla_a=1",)) == []
+    clean_env.setenv("JAX_PLATFORMS", "cpu")
+    clean_env.setattr(xla_flags, "_accelerator_plugins", lambda: ["cuda12"])
+    assert xla_flags.configure_xla_flags(("--xla_a=1",)) == ["--xla_a=1"]  # JAX_PLATFORMS=cpu wins
+    clean_env.delenv("JAX_PLATFORMS")
+    assert xla_flags.configure_xla_flags(("--xla_b=1",)) == []  # a GPU plugin and no JAX_PLATFORMS
+    assert "XLA_FLAGS" not in os.environ or "--xla_b" not in os.environ["XLA_FLAGS"]
+
+
+def test_too_late_warns(clean_env):
+    clean_env.setattr(xla_flags, "_backend_started", lambda: True)
+    with pytest.warns(UserWarning, match="after JAX started"):
+        assert xla_flags.configure_xla_flags(("--xla_a=1",)) == []
+
+
+def test_probe_rejects_unknown_flag_and_accepts_ours(tmp_path, monkeypatch):
+    """The subprocess check survives an unknown flag (which aborts XLA) and caches per jaxlib."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert xla_flags.probe_flags(["--xla_vp_jax_no_such_flag=1"]) is False
+    assert xla_flags.probe_flags(list(xla_flags.CPU_FLAGS)) is True
+    monkeypatch.setattr(xla_flags, "VERIFIED", frozenset())
+    assert xla_flags.accepted_flags(xla_flags.CPU_FLAGS + ("--xla_vp_jax_no_such_flag=1",)) == xla_flags.CPU_FLAGS
+    cache = json.loads((tmp_path / "vp_jax" / "xla_flags.json").read_text())
+    assert sorted(cache.values()) == [False] + [True] * len(xla_flags.CPU_FLAGS)
