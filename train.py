@@ -25,6 +25,9 @@ FLAGS = flags.FLAGS
 @cli_main
 def main(argv):
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
+    from vp_jax.xla_flags import configure_xla_flags
+
+    configure_xla_flags()  # before JAX starts its backend (CPU only; VP_JAX_NO_XLA_FLAGS=1 opts out)
     if len(argv) > 1:
         raise ConfigError(f"unexpected argument {argv[1]!r} (options are --config, --workdir, --config.FIELD=VALUE)")
     from vp_jax.config import load_config_json

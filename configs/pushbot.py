@@ -7,7 +7,11 @@ train.py generates the data (1,000 train / 256 validate / 256 test sequences, ~2
 data/pushbot on first use. Model: the lab's architecture at reduced width (see summary);
 learned prior, condition 7, skips from the last context frame.
 
-Measured: TO BE FILLED.
+Measured so far (2-core CPU, jax 0.10.2, other jobs running): 1,225,795 parameters; 0.84 s per
+step at batch 8 with compile 9.7 s (benchmarks/train_step.py); in a trial run under load 5,
+validation PSNR 21.97 dB after 150 steps vs 20.36 dB for copying the last context frame on the
+same 64 sequences (+1.6 dB). The full quickstart (300 steps, test split, wall time) is not yet
+measured end to end.
 """
 
 from configs import lab_bair

@@ -43,7 +43,7 @@ from vp_jax.training.step import make_train_step
 METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "seconds", "rss_mb"]
 STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
 # Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
-RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep")
+RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.")
 
 
 class TrainingStopped(VPError):
