@@ -7,11 +7,12 @@ train.py generates the data (1,000 train / 256 validate / 256 test sequences, ~2
 data/pushbot on first use. Model: the lab's architecture at reduced width (see summary);
 learned prior, condition 7, skips from the last context frame.
 
-Measured so far (2-core CPU, jax 0.10.2, other jobs running): 1,225,795 parameters; 0.84 s per
-step at batch 8 with compile 9.7 s (benchmarks/train_step.py); in a trial run under load 5,
-validation PSNR 21.97 dB after 150 steps vs 20.36 dB for copying the last context frame on the
-same 64 sequences (+1.6 dB). The full quickstart (300 steps, test split, wall time) is not yet
-measured end to end.
+Measured (2-core Intel CPU, idle, jax 0.10.2, venv already installed; pip install adds ~2 min):
+train.py + eval.py together 318 s including data generation (6 epochs x 50 steps at ~0.84 s/step).
+Test split, 256 sequences, frames 2..11 from 2, best checkpoint (step 200):
+PSNR 21.92 dB / SSIM 0.764; copying the last context frame 20.22 dB / 0.788 (+1.70 dB PSNR for the
+model); shuffled conditions 21.84 dB. KL collapses to ~0 under this short schedule, so the model is
+close to deterministic here; validation PSNR per epoch 21.28, 21.47, 21.89, 22.15, 21.76, 22.02.
 """
 
 from configs import lab_bair
