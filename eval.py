@@ -9,10 +9,11 @@ Writes DIR/eval/<split>/{metrics.json, predictions.npz, per_frame.png, gifs/} an
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from vp_jax.config import cli_flags_parser
-from vp_jax.errors import ConfigError, cli_main
+from vp_jax import cli
+from vp_jax.errors import cli_main
 
 flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
@@ -26,12 +27,7 @@ FLAGS = flags.FLAGS
 
 @cli_main
 def main(argv):
-    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
-    from vp_jax.xla_flags import configure_xla_flags
-
-    configure_xla_flags()  # before JAX starts its backend (CPU only; VP_JAX_NO_XLA_FLAGS=1 opts out)
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected argument {argv[1]!r}")
+    cli.start(argv)
     from vp_jax.evaluation import evaluate_workdir
 
     evaluate_workdir(

@@ -10,10 +10,11 @@ Running the same command on an existing workdir resumes it from its latest check
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from vp_jax.config import cli_flags_parser
+from vp_jax import cli
 from vp_jax.errors import ConfigError, cli_main
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -24,12 +25,7 @@ FLAGS = flags.FLAGS
 
 @cli_main
 def main(argv):
-    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
-    from vp_jax.xla_flags import configure_xla_flags
-
-    configure_xla_flags()  # before JAX starts its backend (CPU only; VP_JAX_NO_XLA_FLAGS=1 opts out)
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected argument {argv[1]!r} (options are --config, --workdir, --config.FIELD=VALUE)")
+    cli.start(argv, options="--config, --workdir, --config.FIELD=VALUE")
     from vp_jax.config import load_config_json
     from vp_jax.training.loop import train_and_evaluate
 

@@ -51,6 +51,16 @@ def frames_to_float(frames: jax.Array) -> jax.Array:
     return frames.astype(jnp.float32)
 
 
+def _checked_inputs(cfg: ModelConfig, frames, cond, n_past: int):
+    """Frames as float in [0, 1] and the checked condition; one-line errors for bad shapes."""
+    x = frames_to_float(frames)
+    batch, num_frames = x.shape[:2]
+    if num_frames < 2 or not 1 <= n_past < num_frames:
+        raise DataError(f"frames of shape {tuple(frames.shape)}: need T >= 2 and 1 <= n_past ({n_past}) < T")
+    check_n_past(cfg, n_past)
+    return x, check_cond(cfg, cond, batch, num_frames)
+
+
 def kl_diagonal_gaussians(mu_q, logvar_q, mu_p, logvar_p) -> jax.Array:
     """Elementwise KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) =
     log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2."""
@@ -106,12 +116,8 @@ def rollout(
     """
     cfg = model_cfg
     model = ConditionalVAE(cfg)
-    x = frames_to_float(frames)
+    x, cond = _checked_inputs(cfg, frames, cond, n_past)
     batch, num_frames = x.shape[:2]
-    if num_frames < 2 or not 1 <= n_past < num_frames:
-        raise DataError(f"frames of shape {tuple(frames.shape)}: need T >= 2 and 1 <= n_past ({n_past}) < T")
-    cond = check_cond(cfg, cond, batch, num_frames)
-    check_n_past(cfg, n_past)
 
     def apply(bs, method, *args):
         variables = {"params": params, "batch_stats": bs}
@@ -215,12 +221,8 @@ def rollout_teacher_forced(params, batch_stats, frames, cond, key, *, model_cfg:
     """
     cfg = model_cfg
     model = ConditionalVAE(cfg)
-    x = frames_to_float(frames)
+    x, cond = _checked_inputs(cfg, frames, cond, n_past)
     batch, num_frames = x.shape[:2]
-    if num_frames < 2 or not 1 <= n_past < num_frames:
-        raise DataError(f"frames of shape {tuple(frames.shape)}: need T >= 2 and 1 <= n_past ({n_past}) < T")
-    check_n_past(cfg, n_past)
-    cond = check_cond(cfg, cond, batch, num_frames)
 
     def apply(bs, method, *args):
         variables = {"params": params, "batch_stats": bs}
