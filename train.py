@@ -35,6 +35,9 @@ def main(argv):
         if not os.path.exists(saved):
             raise ConfigError(f"--config is required: {saved} does not exist (a new run needs a config)")
         config = load_config_json(saved)
+    from vp_jax import parallel
+
+    parallel.initialize_distributed(config)  # config.parallel.distributed: multi-host, before JAX starts
     train_and_evaluate(config, FLAGS.workdir)
 
 

@@ -164,6 +164,73 @@ def test_tiny_config_two_devices_equal_one_device():
         assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-4)
 
 
+def _run_cli(script, args, devices: int):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert proc.returncode == 0, f"{script} on {devices} device(s):\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not _model_ready(), reason="model/train step not written yet")
+def test_train_and_eval_commands_on_two_devices_equal_one_device(tmp_path):
+    """train.py and eval.py shard by themselves when 2 devices are visible: same metrics.csv
+    losses (1e-5), validation PSNR and test metrics as the one-device run."""
+    import pandas as pd
+
+    data = str(tmp_path / "data")
+    results = {}
+    for devices in (1, 2):
+        wd = str(tmp_path / f"run{devices}")
+        log = _run_cli("train.py", ["--config", "configs/tiny.py", "--workdir", wd, f"--config.data.root={data}",
+                                    "--config.train.niter=1", "--config.train.epoch_size=5"], devices)
+        assert ("data parallel over 2 devices" in log) == (devices == 2)
+        _run_cli("eval.py", ["--workdir", wd, "--checkpoint", "latest"], devices)
+        results[devices] = (pd.read_csv(os.path.join(wd, "metrics.csv")),
+                            json.load(open(os.path.join(wd, "eval", "test", "metrics.json"))))
+    (m1, e1), (m2, e2) = results[1], results[2]
+    for col in ("loss", "mse", "kl"):
+        assert m1[col].tolist() == pytest.approx(m2[col].tolist(), rel=1e-5, abs=1e-6), col
+    assert m1["loss"].notna().all() and m1["step"].tolist() == m2["step"].tolist() == [5]
+    # Predictions are rounded to uint8 before scoring: a float summation-order difference of 1e-7
+    # flips the rounding of a few pixels, which moves PSNR by ~1e-3 dB.
+    assert m1["val_psnr"].tolist() == pytest.approx(m2["val_psnr"].tolist(), abs=5e-3)
+    assert e1["num_sequences"] == e2["num_sequences"] == 8
+    assert e1["psnr"] == pytest.approx(e2["psnr"], abs=5e-3)
+    assert e1["ssim"] == pytest.approx(e2["ssim"], abs=5e-4)
+    assert e1["psnr_per_frame"] == pytest.approx(e2["psnr_per_frame"], abs=1e-2)
+    assert e1["shuffled_condition"]["psnr"] == pytest.approx(e2["shuffled_condition"]["psnr"], abs=5e-3)
+
+
+def test_batch_size_that_does_not_split_is_one_line_error(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/tiny.py", "--workdir",
+         str(tmp_path / "wd"), f"--config.data.root={tmp_path / 'data'}", "--config.train.batch_size=3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: config.train.batch_size = 3: expected a multiple")
+    assert not (tmp_path / "wd").exists()
+
+
+def test_importing_the_training_code_starts_no_backend():
+    """jax.distributed.initialize() must come before JAX starts a backend; train.py imports the
+    loop first, so importing it must not start one."""
+    script = (
+        "import vp_jax.training.loop, vp_jax.evaluation, vp_jax.parallel\n"
+        "from vp_jax.xla_flags import _backend_started\n"
+        "print(int(_backend_started()))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "0"
+
+
 # ----------------------------------------------------------------------------- xla_flags
 
 

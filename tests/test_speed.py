@@ -156,3 +156,45 @@ def test_upsample_and_take_steps_gradients_are_autodiffs():
         y_ref, vjp_ref = jax.vjp(lambda x: x[jnp.asarray(index)], x)
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_allclose(vjp(gi)[0], vjp_ref(gi)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_materialized_is_the_identity_with_its_gradient():
+    """layers.materialized (a fusion boundary for XLA:CPU) returns its input, passes gradients
+    through unchanged, and gives NaN only when the witness is NaN (every result is NaN then)."""
+    from vp_jax.models.layers import materialized
+
+    x = jax.random.normal(jax.random.key(0), (3, 4, 5))
+    w = jnp.ones((2,))
+    assert jnp.array_equal(jax.jit(materialized)(x, w), x)
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(materialized(x, w))))(x)
+    assert jnp.allclose(g, jnp.cos(x), rtol=1e-6)
+    assert jnp.isnan(jax.jit(materialized)(x, jnp.full((2,), jnp.nan))).all()
+
+
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((3, 3), (3, 3)), ((0, 0), (0, 0))])
+def test_conv_nhwc_gradients_equal_autodiff_of_lax_conv(padding):
+    """conv_nhwc's hand-written kernel gradient (a transposed convolution through `materialized`)
+    against autodiff of lax.conv_general_dilated, jitted as the train step is, with an
+    elementwise producer in front of the convolution (what XLA would fuse into the transpose)."""
+    from vp_jax.models.layers import conv_nhwc
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 3, 8, 8, 5)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 5, 6)) * 0.2, jnp.float32)
+    k4 = jnp.asarray(rng.standard_normal((4, 4, 5, 6)) * 0.2, jnp.float32)
+
+    def ours(x, k):
+        return jnp.sum(jnp.tanh(conv_nhwc(nn.leaky_relu(x, 0.2), k, padding)) ** 2)
+
+    def plain(x, k):
+        y = jax.lax.conv_general_dilated(
+            nn.leaky_relu(x, 0.2).reshape(6, 8, 8, 5), k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    for kernel in (k, k4):
+        got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(x, kernel)
+        want = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(x, kernel)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        for a, b in zip(got[1], want[1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -8,10 +8,13 @@ from vp_jax.errors import ConfigError
 
 
 def start(argv, options: str = "") -> None:
-    """Quiet orbax's logging, add the fast CPU XLA flags before JAX starts, refuse stray arguments."""
+    """Quiet orbax's logging, add the fast CPU XLA flags and keep XLA's buffers in the heap (both
+    before JAX starts), refuse stray arguments."""
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
+    from vp_jax.host_memory import configure_malloc
     from vp_jax.xla_flags import configure_xla_flags
 
     configure_xla_flags()  # CPU only; VP_JAX_NO_XLA_FLAGS=1 opts out
+    configure_malloc()  # CPU only; VP_JAX_NO_MALLOC_TUNING=1 opts out
     if len(argv) > 1:
         raise ConfigError(f"unexpected argument {argv[1]!r}" + (f" (options are {options})" if options else ""))

@@ -65,6 +65,7 @@ def predict_and_score(
     generate_fn=None,
     progress: bool = False,
     cond_stats: dict | None = None,
+    mesh="auto",
 ) -> dict:
     """Generate ``num_samples`` futures for each sequence of ``source`` and score them.
 
@@ -75,8 +76,17 @@ def predict_and_score(
     ``cond_permutation`` reorders the conditions across sequences (the shuffled-condition test).
     The last batch is padded by repeating its last sequence; padded rows are dropped (with
     ``bn_mode='batch_stats'`` the padding takes part in the batch statistics).
+    ``mesh``: a :mod:`vp_jax.parallel` mesh to split each batch over, None for one device, or
+    ``'auto'`` (all devices when more than one is visible; ``batch_size`` must split evenly).
     """
+    from vp_jax import parallel
+
     n_past, n_eval = config.n_past, config.n_eval
+    if isinstance(mesh, str):
+        mesh = parallel.auto_mesh()
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh, "eval.batch_size")
+        params, batch_stats = parallel.replicate((params, batch_stats), mesh)
     generate = generate_fn or make_generate_fn(config, num_samples=num_samples, bn_mode=bn_mode)
     score = _make_scorer()
     out = {k: [] for k in ("psnr", "ssim", "copy_psnr", "copy_ssim", "pred", "target", "context")}
@@ -89,7 +99,8 @@ def predict_and_score(
         if cond_stats is not None:
             cond = (cond - cond_stats["mean"]) / cond_stats["std"]
         cond = cond[..., : config.model.cond_dim]
-        pred = generate(params, batch_stats, frames, cond, jax.random.fold_in(key, i))
+        frames_in, cond_in = parallel.put_batch((frames, cond), mesh)
+        pred = generate(params, batch_stats, frames_in, cond_in, jax.random.fold_in(key, i))
         target = frames[:, n_past:]
         pred_u8, psnr, ssim = score(pred, target)
         copy = np.broadcast_to(frames[:, n_past - 1 : n_past], target.shape)
@@ -207,6 +218,9 @@ def evaluate_workdir(
     if data_root:
         config.data.root = data_root
     validate(config)
+    from vp_jax import parallel
+
+    parallel.initialize_distributed(config)  # multi-host only; before any other JAX call
     num_samples = num_samples or config.eval.num_samples
     bn_mode = bn_mode or config.eval.bn_mode
     if num_samples < 1:
@@ -242,6 +256,8 @@ def evaluate_workdir(
         predicted_frames=list(range(config.n_past, config.n_eval)),
     )
 
+    if not parallel.is_main_process():
+        return summary
     out_dir = os.path.join(workdir, "eval", split)
     os.makedirs(os.path.join(out_dir, "gifs"), exist_ok=True)
     write_json(summary, os.path.join(out_dir, "metrics.json"))

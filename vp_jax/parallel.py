@@ -9,7 +9,11 @@ so BatchNorm sees the **global** batch exactly as on one device, with no hand-wr
 all-reduce and no ``pmap``. Results equal the one-device run up to float summation order
 (``tests/test_parallel.py`` checks losses and evaluation metrics to 1e-5).
 
-Single host, several devices (GPUs, or CPU devices for testing)::
+``train.py`` and ``eval.py`` do this by themselves whenever more than one device is visible
+(:func:`auto_mesh`, :func:`put_batch`); with one device nothing is sharded and the programs are
+exactly the single-device ones.
+
+Single host, several devices (GPUs, or CPU devices for testing), by hand::
 
     from vp_jax import parallel
     mesh = parallel.make_mesh()                        # all devices, axis 'data'
@@ -86,6 +90,47 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str = "train.batch_size
             f"config.{field} = {batch_size}: expected a multiple of the number of devices ({n}) "
             "for data-parallel training"
         )
+
+
+def auto_mesh(config=None, fields=("train.batch_size", "eval.batch_size")) -> Mesh | None:
+    """The mesh over all devices when more than one is visible, else None (nothing to shard).
+
+    With ``config``, checks that each of ``fields`` splits evenly over the devices (a one-line
+    :class:`ConfigError` naming the field otherwise).
+    """
+    if jax.device_count() == 1:
+        return None
+    mesh = make_mesh()
+    for field in fields if config is not None else ():
+        section, name = field.split(".")
+        check_batch_size(int(config[section][name]), mesh, field)
+    return mesh
+
+
+def host_piece(batch):
+    """This process's rows of a global batch (the whole batch on a single host)."""
+    if jax.process_count() == 1:
+        return batch
+    leaves = jax.tree_util.tree_leaves(batch)
+    rows = process_batch_slice(int(np.shape(leaves[0])[0]))
+    return jax.tree_util.tree_map(lambda x: x[rows], batch)
+
+
+def put_batch(batch, mesh: Mesh | None):
+    """A global host batch onto the mesh, split on ``data`` (unchanged when ``mesh`` is None)."""
+    if mesh is None:
+        return batch
+    return shard_batch(host_piece(batch), mesh)
+
+
+def put_replicated(tree, mesh: Mesh | None):
+    """:func:`replicate` when ``mesh`` is not None, else ``tree`` unchanged."""
+    return tree if mesh is None else replicate(tree, mesh)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the files every host would otherwise write (process 0)."""
+    return jax.process_index() == 0
 
 
 def process_batch_slice(global_batch_size: int) -> slice:

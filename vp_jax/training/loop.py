@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from vp_jax import visualize
+from vp_jax import parallel, visualize
 from vp_jax.config import load_config_json, model_config, save_config_json, validate
 from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
 from vp_jax.errors import ConfigError, VPError
@@ -141,7 +141,7 @@ def prepare_workdir(config, workdir: str):
         check_same_run(load_config_json(saved_path), config)
 
 
-def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, cond_stats=None) -> dict:
+def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, cond_stats=None, mesh=None) -> dict:
     """Lab metric on (part of) the validation split; returns scores (and a few predictions)."""
     return predict_and_score(
         config,
@@ -154,6 +154,7 @@ def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, co
         keep_predictions=keep > 0,
         generate_fn=generate_fn,
         cond_stats=cond_stats,
+        mesh=mesh,
     )
 
 
@@ -191,6 +192,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train(config, workdir: str) -> dict:
     model_cfg = model_config(config)
+    mesh = parallel.auto_mesh(config)  # None on one device; else the batch is split over all
+    main = parallel.is_main_process()
     seq_len = config.n_past + config.n_future
     train_src = open_split(config.data, "train")
     val_src = open_split(config.data, "validate")
@@ -218,15 +221,20 @@ def _train(config, workdir: str) -> dict:
         sums = meta.get("epoch_sums")
         last_row = meta.get("row")
         tqdm.write(f"resuming {workdir} at step {int(state.step)} (epoch {start_epoch}, iteration {start_iter})")
+    state = parallel.put_replicated(state, mesh)
+    if mesh is not None:
+        tqdm.write(f"data parallel over {parallel.num_shards(mesh)} devices "
+                   f"({config.train.batch_size // parallel.num_shards(mesh)} sequences each)")
 
     metrics_path = os.path.join(workdir, "metrics.csv")
     history = _read_metrics(metrics_path, start_epoch)
-    if last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
+    if main and last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
         # Killed between the checkpoint and the CSV: the row saved with the checkpoint.
         last_row = {k: (float("nan") if last_row.get(k) is None else last_row[k]) for k in METRIC_COLUMNS}
         history = pd.concat([history, pd.DataFrame([last_row])[METRIC_COLUMNS]], ignore_index=True)
         _write_csv(history, metrics_path)
-    save_config_json(config, os.path.join(workdir, "config.json"))
+    if main:
+        save_config_json(config, os.path.join(workdir, "config.json"))
     plots_dir = os.path.join(workdir, "plots")
     gifs_dir = os.path.join(workdir, "gifs")
     os.makedirs(plots_dir, exist_ok=True)
@@ -255,7 +263,7 @@ def _train(config, workdir: str) -> dict:
             )
             for it in bar:
                 step = int(state.step)
-                batch = next(batches)
+                batch = parallel.put_batch(next(batches), mesh)
                 state, m = train_step(state, batch, jax.random.fold_in(base_key, step))
                 m = jax.device_get(m)
                 if float(m["finite"]) < 1.0:
@@ -300,10 +308,11 @@ def _train(config, workdir: str) -> dict:
             last = epoch == config.train.niter - 1
             if (epoch + 1) % config.eval.every_epochs == 0 or last:
                 scores = validate_model(
-                    config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats
+                    config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats,
+                    mesh=mesh,
                 )
                 row["val_psnr"] = float(scores["psnr"][0].mean())
-                for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
+                for j in range(min(config.eval.num_gifs, len(scores["pred"])) if main else 0):
                     frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
                     frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
                     visualize.write_gif(
@@ -319,8 +328,9 @@ def _train(config, workdir: str) -> dict:
             if not bad_in_a_row:
                 meta = _meta(model_cfg, epoch + 1, 0, batches, None, config, row["val_psnr"], row=row)
                 store.save(int(state.step), state, meta, val_psnr=row["val_psnr"])
-            _write_csv(history, metrics_path)
-            visualize.plot_training_curves(metrics_path, plots_dir)
+            if main:
+                _write_csv(history, metrics_path)
+                visualize.plot_training_curves(metrics_path, plots_dir)
             val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
             tqdm.write(
                 f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
