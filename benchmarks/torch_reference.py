@@ -14,6 +14,13 @@ warm-up, like ``train_step.py``. Needs ``torch`` (not a dependency of vp_jax)::
 
     pip install torch    # CPU wheel
     python benchmarks/torch_reference.py --batch 4 12 --steps 10
+    python benchmarks/torch_reference.py --device cuda --batch 12 100        # on a GPU
+    python benchmarks/torch_reference.py --device cuda --amp bf16 --batch 100  # bfloat16 autocast
+
+On a GPU each timed iteration ends with ``torch.cuda.synchronize()`` and the record adds
+``device_peak_mb`` (``torch.cuda.max_memory_allocated``). ``--amp bf16`` runs the forward pass
+under ``torch.autocast(dtype=torch.bfloat16)`` (parameters, gradients and Adam stay float32), the
+counterpart of vp_jax's ``model.dtype=bfloat16``.
 """
 
 from __future__ import annotations
@@ -78,7 +85,8 @@ def build(torch, nn, widths=(64, 128, 256, 512), g_dim=128, z_dim=64, rnn=256, c
                 self.out = nn.Sequential(nn.Linear(rnn, cout), nn.BatchNorm1d(cout) if bn_head else nn.Identity(), nn.Tanh())
 
         def init_hidden(self, b):
-            return [(torch.zeros(b, rnn), torch.zeros(b, rnn)) for _ in self.cells]
+            z = torch.zeros(b, rnn, device=self.embed.weight.device)
+            return [(z, z) for _ in self.cells]
 
         def forward(self, x, hidden):
             h = self.embed(x)
@@ -99,7 +107,18 @@ def build(torch, nn, widths=(64, 128, 256, 512), g_dim=128, z_dim=64, rnn=256, c
     return enc, dec, pred, post, prior
 
 
-def iteration(torch, nets, opt, x, c, n_past, pattern):
+def iteration(torch, nets, opt, x, c, n_past, pattern, amp=None):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        loss = _loss(torch, nets, x, c, n_past, pattern)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return float(loss.detach())
+
+
+def _loss(torch, nets, x, c, n_past, pattern):
     enc, dec, pred, post, prior = nets
     T, B = x.shape[0], x.shape[1]
     hp, hq, hr = pred.init_hidden(B), post.init_hidden(B), prior.init_hidden(B)
@@ -120,14 +139,10 @@ def iteration(torch, nets, opt, x, c, n_past, pattern):
         (_, mu_p, lv_p), hr = prior(h, hr)
         g, hp = pred(torch.cat([h, z, c[t]], 1), hp)
         x_hat = dec(g, skip)
-        mse = mse + torch.mean((x_hat - x[t]) ** 2)
+        mse = mse + torch.mean((x_hat.float() - x[t]) ** 2)
         kl = 0.5 * (lv_p - lv) + (torch.exp(lv) + (mu - mu_p) ** 2) / (2 * torch.exp(lv_p)) - 0.5
-        kld = kld + kl.sum() / B
-    loss = mse + kld
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return float(loss)
+        kld = kld + kl.float().sum() / B
+    return mse + kld
 
 
 def main(argv=None):
@@ -138,6 +153,8 @@ def main(argv=None):
     p.add_argument("--n-past", type=int, default=2)
     p.add_argument("--n-future", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--amp", choices=["bf16"], help="bfloat16 autocast for the forward pass")
     args = p.parse_args(argv)
     import torch
     from torch import nn
@@ -145,25 +162,30 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     T = args.n_past + args.n_future
     for pattern in args.pattern:
         for B in args.batch:
-            nets = build(torch, nn)
+            nets = [net.to(device) for net in build(torch, nn)]
             params = [q for net in nets for q in net.parameters()]
             opt = torch.optim.Adam(params, lr=0.002, betas=(0.9, 0.999))
             rng = np.random.default_rng(0)
-            x = torch.from_numpy(rng.random((T, B, 3, 64, 64), dtype=np.float32))
-            c = torch.from_numpy(rng.standard_normal((T, B, 7)).astype(np.float32))
+            x = torch.from_numpy(rng.random((T, B, 3, 64, 64), dtype=np.float32)).to(device)
+            c = torch.from_numpy(rng.standard_normal((T, B, 7)).astype(np.float32)).to(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             load = os.getloadavg()[0]
-            iteration(torch, nets, opt, x, c, args.n_past, pattern)  # warm-up
+            iteration(torch, nets, opt, x, c, args.n_past, pattern, args.amp)  # warm-up
             times = []
             for _ in range(args.steps):
                 t0 = time.perf_counter()
-                loss = iteration(torch, nets, opt, x, c, args.n_past, pattern)
+                loss = iteration(torch, nets, opt, x, c, args.n_past, pattern, args.amp)
                 times.append(time.perf_counter() - t0)
             med = float(np.median(times))
-            print(json.dumps({
+            record = {
                 "framework": f"torch {torch.__version__}",
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "amp": args.amp or "none",
                 "pattern": pattern,
                 "batch_size": B,
                 "frames_per_sequence": T,
@@ -177,7 +199,11 @@ def main(argv=None):
                 "loss": loss,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "load": [round(load, 2), round(os.getloadavg()[0], 2)],
-            }), flush=True)
+            }
+            if device.type == "cuda":
+                record["device_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+            print(json.dumps(record), flush=True)
+            del nets, params, opt, x, c
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Test split, 256 sequences, frames 2..11 from 2, best checkpoint (step 200):
 PSNR 21.92 dB / SSIM 0.764; copying the last context frame 20.22 dB / 0.788 (+1.70 dB PSNR for the
 model); shuffled conditions 21.84 dB. KL collapses to ~0 under this short schedule, so the model is
 close to deterministic here; validation PSNR per epoch 21.28, 21.47, 21.89, 22.15, 21.76, 22.02.
+On a slower 2-core Intel Emerald Rapids guest the same two commands took 542 s (~1.2 s/step) and
+gave the same figures to the last digit printed (test PSNR 21.918 dB, SSIM 0.764).
+With --config.model.dtype=bfloat16 (same machine): 623 s, test PSNR 21.99 dB / SSIM 0.764, final
+training loss 0.0766 vs 0.0762 in float32.
 """
 
 from configs import lab_bair
