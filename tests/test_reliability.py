@@ -337,6 +337,30 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, re
     assert after["epoch"].tolist() == list(range(EPOCHS + 1))  # + the epoch that ended mid-streak
 
 
+
+_LEFTOVER_PROBE = """
+import os, sys
+from vp_jax.training.checkpoints import CheckpointStore
+store = CheckpointStore(sys.argv[1])
+print(os.path.exists(sys.argv[2]))
+"""  # and exits without close(), as a refused resume or an error does
+
+
+def test_leftover_temporary_checkpoint_is_removed_before_the_store_is_used(tmp_path):
+    """A save that a kill interrupted leaves an orbax temporary folder. It is gone when the store
+    has been opened, and a process that exits straight after opening it (an error path) prints no
+    traceback from orbax's cleanup thread (a CI failure once, when close() did not wait for it)."""
+    workdir = str(tmp_path / "wd")
+    leftover = os.path.join(workdir, "checkpoints", "latest", "5.orbax-checkpoint-tmp-1234567")
+    for _ in range(3):  # the race this guards against does not show every time
+        os.makedirs(os.path.join(leftover, "state"), exist_ok=True)
+        proc = subprocess.run([sys.executable, "-c", _LEFTOVER_PROBE, workdir, leftover], cwd=ROOT,
+                              env=_env(str(tmp_path / "cache")), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout.split() == ["False"], proc.stdout
+        assert os.path.isdir(os.path.join(workdir, "checkpoints", "best"))  # the store was created
+
+
 # ----------------------------------------------------------------------------- memory
 
 

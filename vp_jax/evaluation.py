@@ -227,9 +227,9 @@ def evaluate_workdir(
         raise VPError(f"--num_samples {num_samples}: expected an integer >= 1")
     model_cfg = model_config(config)
 
-    store = CheckpointStore(workdir, keep=config.checkpoint.keep, read_only=True)
     abstract = jax.eval_shape(lambda k: create_train_state(config, k), jax.random.key(0))
-    state, meta = store.restore(checkpoint, abstract, model_cfg)
+    with CheckpointStore(workdir, keep=config.checkpoint.keep, read_only=True) as store:
+        state, meta = store.restore(checkpoint, abstract, model_cfg)
     source = open_split(config.data, split)
     key = jax.random.fold_in(jax.random.key(config.seed), 7919)
 

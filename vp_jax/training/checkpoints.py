@@ -91,7 +91,14 @@ def _manager(path: str, keep: int, best: bool, read_only: bool) -> ocp.Checkpoin
         # holds the workdir lock, so no save is under way) removes them.
         cleanup_tmp_directories=not read_only,
     )
-    return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+    manager = ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+    # Orbax removes those folders on a background thread that close() does not wait for; a run
+    # that stops right away (a refused resume) then exits under that thread, which prints a
+    # traceback at interpreter shutdown. Wait for it here: it only lists one folder.
+    await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+        await_cleanup()
+    return manager
 
 
 def model_mismatch(saved: dict, current: ModelConfig) -> str | None:
@@ -314,3 +321,9 @@ class CheckpointStore:
     def close(self) -> None:
         self._latest.close()
         self._best.close()
+
+    def __enter__(self) -> "CheckpointStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -210,137 +210,137 @@ def _train(config, workdir: str) -> dict:
     base_key = jax.random.key(config.seed)
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
-    store = CheckpointStore(workdir, keep=config.checkpoint.keep)
-    start_epoch, start_iter, sums, last_row = 0, 0, None, None
-    # The newest intact checkpoint; damaged ones are moved aside with a one-line warning.
-    restored = store.restore_for_resume(state, model_cfg, warn=lambda msg: tqdm.write(msg, file=sys.stderr))
-    if restored is not None:
-        state, meta = restored
-        batches.set_state(meta["iterator"])
-        start_epoch, start_iter = meta["epoch"], meta["iteration"]
-        sums = meta.get("epoch_sums")
-        last_row = meta.get("row")
-        tqdm.write(f"resuming {workdir} at step {int(state.step)} (epoch {start_epoch}, iteration {start_iter})")
-    state = parallel.put_replicated(state, mesh)
-    if mesh is not None:
-        tqdm.write(f"data parallel over {parallel.num_shards(mesh)} devices "
-                   f"({config.train.batch_size // parallel.num_shards(mesh)} sequences each)")
+    # Closed however the run ends (a refused resume, a non-finite stop, Ctrl-C, an error).
+    with CheckpointStore(workdir, keep=config.checkpoint.keep) as store:
+        start_epoch, start_iter, sums, last_row = 0, 0, None, None
+        # The newest intact checkpoint; damaged ones are moved aside with a one-line warning.
+        restored = store.restore_for_resume(state, model_cfg, warn=lambda msg: tqdm.write(msg, file=sys.stderr))
+        if restored is not None:
+            state, meta = restored
+            batches.set_state(meta["iterator"])
+            start_epoch, start_iter = meta["epoch"], meta["iteration"]
+            sums = meta.get("epoch_sums")
+            last_row = meta.get("row")
+            tqdm.write(f"resuming {workdir} at step {int(state.step)} (epoch {start_epoch}, iteration {start_iter})")
+        state = parallel.put_replicated(state, mesh)
+        if mesh is not None:
+            tqdm.write(f"data parallel over {parallel.num_shards(mesh)} devices "
+                       f"({config.train.batch_size // parallel.num_shards(mesh)} sequences each)")
 
-    metrics_path = os.path.join(workdir, "metrics.csv")
-    history = _read_metrics(metrics_path, start_epoch)
-    if main and last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
-        # Killed between the checkpoint and the CSV: the row saved with the checkpoint.
-        last_row = {k: (float("nan") if last_row.get(k) is None else last_row[k]) for k in METRIC_COLUMNS}
-        history = pd.concat([history, pd.DataFrame([last_row])[METRIC_COLUMNS]], ignore_index=True)
-        _write_csv(history, metrics_path)
-    if main:
-        save_config_json(config, os.path.join(workdir, "config.json"))
-    plots_dir = os.path.join(workdir, "plots")
-    gifs_dir = os.path.join(workdir, "gifs")
-    os.makedirs(plots_dir, exist_ok=True)
-    os.makedirs(gifs_dir, exist_ok=True)
+        metrics_path = os.path.join(workdir, "metrics.csv")
+        history = _read_metrics(metrics_path, start_epoch)
+        if main and last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
+            # Killed between the checkpoint and the CSV: the row saved with the checkpoint.
+            last_row = {k: (float("nan") if last_row.get(k) is None else last_row[k]) for k in METRIC_COLUMNS}
+            history = pd.concat([history, pd.DataFrame([last_row])[METRIC_COLUMNS]], ignore_index=True)
+            _write_csv(history, metrics_path)
+        if main:
+            save_config_json(config, os.path.join(workdir, "config.json"))
+        plots_dir = os.path.join(workdir, "plots")
+        gifs_dir = os.path.join(workdir, "gifs")
+        os.makedirs(plots_dir, exist_ok=True)
+        os.makedirs(gifs_dir, exist_ok=True)
 
-    train_step = make_train_step(config)
-    generate_fn = make_generate_fn(config, num_samples=1, bn_mode=config.eval.bn_mode)
-    epoch_size, max_bad = config.train.epoch_size, config.train.max_nonfinite
-    row = history.iloc[-1].to_dict() if len(history) else {}
-    bad_in_a_row = 0  # consecutive skipped (non-finite) updates; carried across epochs
+        train_step = make_train_step(config)
+        generate_fn = make_generate_fn(config, num_samples=1, bn_mode=config.eval.bn_mode)
+        epoch_size, max_bad = config.train.epoch_size, config.train.max_nonfinite
+        row = history.iloc[-1].to_dict() if len(history) else {}
+        bad_in_a_row = 0  # consecutive skipped (non-finite) updates; carried across epochs
 
-    # Ctrl-C anywhere in the epoch loop (steps, validation, saving) stops at the next safe point.
-    stop = _StopFlag()
-    with stop:
-        for epoch in range(start_epoch, config.train.niter):
-            t0 = time.time()
-            sums = sums or {k: 0.0 for k in STEP_METRICS}
-            sums.setdefault("count", 0)
-            bar = tqdm(
-                range(start_iter, epoch_size),
-                initial=start_iter,
-                total=epoch_size,
-                desc=f"epoch {epoch + 1}/{config.train.niter}",
-                dynamic_ncols=True,
-                mininterval=1.0,
-            )
-            for it in bar:
-                step = int(state.step)
-                batch = parallel.put_batch(next(batches), mesh)
-                state, m = train_step(state, batch, jax.random.fold_in(base_key, step))
-                m = jax.device_get(m)
-                if float(m["finite"]) < 1.0:
-                    # optax.apply_if_finite skipped the update; its own counter survives epochs and
-                    # checkpoints. Stop at max_nonfinite, before optax would apply the next one.
-                    bad_in_a_row = int(m.get("nonfinite_count", bad_in_a_row + 1))
-                    if bad_in_a_row >= max_bad:
-                        bar.close()
-                        good = store.latest_step()
-                        kept = (f"the last good checkpoint (step {good}) in {store.root} is kept" if good is not None
-                                else "no checkpoint had been saved")
-                        raise TrainingStopped(
-                            f"step {step}: loss was non-finite for {bad_in_a_row} steps in a row "
-                            f"(train.max_nonfinite={max_bad}); those updates were skipped, the run stopped and "
-                            f"{kept}: lower train.lr or check the data"
-                        )
-                else:
-                    bad_in_a_row = 0
-                    if math.isfinite(float(m["loss"])):
-                        for k in STEP_METRICS:
-                            sums[k] += float(m[k])
-                        sums["count"] += 1
-                if it % 10 == 0 or it == epoch_size - 1:
-                    bar.set_postfix(
-                        loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.5f}", kl=f"{m['kl']:.3f}",
-                        beta=f"{m['beta']:.3g}", tfr=f"{m['tfr']:.2f}", refresh=False,
-                    )
-                if stop.requested and it < epoch_size - 1:
-                    bar.close()
-                    if bad_in_a_row:  # never save a state whose last update was skipped
-                        tqdm.write(f"interrupted: not saved (the last {bad_in_a_row} steps were non-finite); "
-                                   f"run the same command to resume from step {store.latest_step()}")
-                    else:
-                        store.save(int(state.step), state, _meta(model_cfg, epoch, it + 1, batches, sums, config))
-                        tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
-                    raise KeyboardInterrupt
-            bar.close()
-
-            count = sums["count"]
-            row = {k: (sums[k] / count if count else float("nan")) for k in STEP_METRICS}
-            row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
-            last = epoch == config.train.niter - 1
-            if (epoch + 1) % config.eval.every_epochs == 0 or last:
-                scores = validate_model(
-                    config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats,
-                    mesh=mesh,
+        # Ctrl-C anywhere in the epoch loop (steps, validation, saving) stops at the next safe point.
+        stop = _StopFlag()
+        with stop:
+            for epoch in range(start_epoch, config.train.niter):
+                t0 = time.time()
+                sums = sums or {k: 0.0 for k in STEP_METRICS}
+                sums.setdefault("count", 0)
+                bar = tqdm(
+                    range(start_iter, epoch_size),
+                    initial=start_iter,
+                    total=epoch_size,
+                    desc=f"epoch {epoch + 1}/{config.train.niter}",
+                    dynamic_ncols=True,
+                    mininterval=1.0,
                 )
-                row["val_psnr"] = float(scores["psnr"][0].mean())
-                for j in range(min(config.eval.num_gifs, len(scores["pred"])) if main else 0):
-                    frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
-                    frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
-                    visualize.write_gif(
-                        frames_pred, frames_true, config.n_past,
-                        os.path.join(gifs_dir, f"epoch_{epoch + 1:03d}" + (f"_{j}" if j else "") + ".gif"),
+                for it in bar:
+                    step = int(state.step)
+                    batch = parallel.put_batch(next(batches), mesh)
+                    state, m = train_step(state, batch, jax.random.fold_in(base_key, step))
+                    m = jax.device_get(m)
+                    if float(m["finite"]) < 1.0:
+                        # optax.apply_if_finite skipped the update; its own counter survives epochs and
+                        # checkpoints. Stop at max_nonfinite, before optax would apply the next one.
+                        bad_in_a_row = int(m.get("nonfinite_count", bad_in_a_row + 1))
+                        if bad_in_a_row >= max_bad:
+                            bar.close()
+                            good = store.latest_step()
+                            kept = (f"the last good checkpoint (step {good}) in {store.root} is kept" if good is not None
+                                    else "no checkpoint had been saved")
+                            raise TrainingStopped(
+                                f"step {step}: loss was non-finite for {bad_in_a_row} steps in a row "
+                                f"(train.max_nonfinite={max_bad}); those updates were skipped, the run stopped and "
+                                f"{kept}: lower train.lr or check the data"
+                            )
+                    else:
+                        bad_in_a_row = 0
+                        if math.isfinite(float(m["loss"])):
+                            for k in STEP_METRICS:
+                                sums[k] += float(m[k])
+                            sums["count"] += 1
+                    if it % 10 == 0 or it == epoch_size - 1:
+                        bar.set_postfix(
+                            loss=f"{m['loss']:.4f}", mse=f"{m['mse']:.5f}", kl=f"{m['kl']:.3f}",
+                            beta=f"{m['beta']:.3g}", tfr=f"{m['tfr']:.2f}", refresh=False,
+                        )
+                    if stop.requested and it < epoch_size - 1:
+                        bar.close()
+                        if bad_in_a_row:  # never save a state whose last update was skipped
+                            tqdm.write(f"interrupted: not saved (the last {bad_in_a_row} steps were non-finite); "
+                                       f"run the same command to resume from step {store.latest_step()}")
+                        else:
+                            store.save(int(state.step), state, _meta(model_cfg, epoch, it + 1, batches, sums, config))
+                            tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
+                        raise KeyboardInterrupt
+                bar.close()
+
+                count = sums["count"]
+                row = {k: (sums[k] / count if count else float("nan")) for k in STEP_METRICS}
+                row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
+                last = epoch == config.train.niter - 1
+                if (epoch + 1) % config.eval.every_epochs == 0 or last:
+                    scores = validate_model(
+                        config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats,
+                        mesh=mesh,
                     )
-            row["seconds"] = time.time() - t0
-            row["rss_mb"] = rss_mb()
-            history = pd.concat([history, pd.DataFrame([row])[METRIC_COLUMNS]], ignore_index=True)
-            # Checkpoint first, then the CSV: the checkpoint holds the row too, so a crash in between
-            # loses nothing. No checkpoint while updates are being skipped (non-finite losses): the
-            # latest checkpoint stays the last good one, and a resumed run redoes this epoch.
-            if not bad_in_a_row:
-                meta = _meta(model_cfg, epoch + 1, 0, batches, None, config, row["val_psnr"], row=row)
-                store.save(int(state.step), state, meta, val_psnr=row["val_psnr"])
-            if main:
-                _write_csv(history, metrics_path)
-                visualize.plot_training_curves(metrics_path, plots_dir)
-            val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
-            tqdm.write(
-                f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
-                f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)"
-            )
-            start_iter, sums = 0, None
-            if stop.requested and not last:
-                tqdm.write(f"interrupted: saved step {store.latest_step()} in {store.root}; run the same command to resume")
-                raise KeyboardInterrupt
-    store.close()
+                    row["val_psnr"] = float(scores["psnr"][0].mean())
+                    for j in range(min(config.eval.num_gifs, len(scores["pred"])) if main else 0):
+                        frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
+                        frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
+                        visualize.write_gif(
+                            frames_pred, frames_true, config.n_past,
+                            os.path.join(gifs_dir, f"epoch_{epoch + 1:03d}" + (f"_{j}" if j else "") + ".gif"),
+                        )
+                row["seconds"] = time.time() - t0
+                row["rss_mb"] = rss_mb()
+                history = pd.concat([history, pd.DataFrame([row])[METRIC_COLUMNS]], ignore_index=True)
+                # Checkpoint first, then the CSV: the checkpoint holds the row too, so a crash in between
+                # loses nothing. No checkpoint while updates are being skipped (non-finite losses): the
+                # latest checkpoint stays the last good one, and a resumed run redoes this epoch.
+                if not bad_in_a_row:
+                    meta = _meta(model_cfg, epoch + 1, 0, batches, None, config, row["val_psnr"], row=row)
+                    store.save(int(state.step), state, meta, val_psnr=row["val_psnr"])
+                if main:
+                    _write_csv(history, metrics_path)
+                    visualize.plot_training_curves(metrics_path, plots_dir)
+                val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
+                tqdm.write(
+                    f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
+                    f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)"
+                )
+                start_iter, sums = 0, None
+                if stop.requested and not last:
+                    tqdm.write(f"interrupted: saved step {store.latest_step()} in {store.root}; run the same command to resume")
+                    raise KeyboardInterrupt
     return row
 
 
