@@ -337,7 +337,6 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, re
     assert after["epoch"].tolist() == list(range(EPOCHS + 1))  # + the epoch that ended mid-streak
 
 
-
 _LEFTOVER_PROBE = """
 import os, sys
 from vp_jax.training.checkpoints import CheckpointStore
