@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_data_*.py (not a test module): tiny pushbot sets and CLI runs."""
+"""Helpers shared by the tests (not a test module): tiny pushbot sets, CLI runs, damaged checkpoints."""
 
 from __future__ import annotations
 
@@ -63,3 +63,42 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+# A step folder as CheckpointStore writes it: <step>/meta (JSON, with the state's SHA-256) and
+# <step>/state (orbax OCDBT: zstd-compressed chunks in state/ocdbt.process_0/d/).
+
+
+def largest_array_file(step_dir: str) -> str:
+    d = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+    return max((os.path.join(d, f) for f in os.listdir(d)), key=os.path.getsize)
+
+
+def flip_a_byte(step_dir: str) -> None:
+    """Change one byte in the middle of the largest data file. Where it lands (a compressed chunk,
+    a B-tree node) differs between saves, so the read fails either in orbax or on the checksum."""
+    path = largest_array_file(step_dir)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+
+
+def rewrite_state_with_one_value_changed(step_dir: str) -> None:
+    """Replace the state with a well-formed orbax checkpoint of the same tree in which the first
+    element of the largest array is larger by 1: it reads back fine, only the checksum notices."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    state = os.path.abspath(os.path.join(step_dir, "state"))
+    checkpointer = ocp.StandardCheckpointer()
+    leaves, treedef = jax.tree_util.tree_flatten(checkpointer.restore(state))
+    i = max(range(len(leaves)), key=lambda k: np.size(leaves[k]))
+    leaves[i] = np.array(leaves[i])
+    leaves[i].flat[0] += 1
+    checkpointer.save(state + ".new", jax.tree_util.tree_unflatten(treedef, leaves))
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    shutil.rmtree(state)
+    os.rename(state + ".new", state)

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 import pytest
-from data_support import assert_one_line_error, make_pushbot
+from data_support import assert_one_line_error, flip_a_byte, make_pushbot, rewrite_state_with_one_value_changed
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,14 +244,6 @@ def _step_dir(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints", "latest", "3")
 
 
-def _flip_a_bit(workdir: str) -> None:
-    files = glob.glob(os.path.join(_step_dir(workdir), "state", "ocdbt.process_0", "d", "*"))
-    path = max(files, key=os.path.getsize)
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0x10
-    open(path, "wb").write(bytes(data))
-
-
 CHECKPOINT_CASES = {
     # name: (damage(workdir), eval arguments, needles)
     "no such step": (lambda wd: None, ["--checkpoint", "999"], ["no checkpoint at step 999", "have [3]"]),
@@ -260,7 +252,11 @@ CHECKPOINT_CASES = {
                        ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint", "state unreadable"]),
     "truncated": (lambda wd: _truncate(os.path.join(_step_dir(wd), "state", "_METADATA")),
                   ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint"]),
-    "changed bytes": (_flip_a_bit, ["--checkpoint", "3"], ["checkpoints/latest/3: damaged checkpoint", "checksum"]),
+    # Orbax's read or the checksum fails, depending on where the byte lands in this save.
+    "changed bytes": (lambda wd: flip_a_byte(_step_dir(wd)), ["--checkpoint", "3"],
+                      ["checkpoints/latest/3: damaged checkpoint"]),
+    "changed values": (lambda wd: rewrite_state_with_one_value_changed(_step_dir(wd)), ["--checkpoint", "3"],
+                       ["checkpoints/latest/3: damaged checkpoint", "state contents differ from the checksum"]),
     "other model size": (lambda wd: _edit_json(os.path.join(wd, "config.json"), "model", "g_dim", 16),
                          [], ["checkpoints/latest/3: written by another model", "model.g_dim: checkpoint has 8, config has 16"]),
     "damaged config.json": (lambda wd: _write(os.path.join(wd, "config.json"), '{"model": '), [],

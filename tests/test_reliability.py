@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 20 epochs of 4 steps: short enough to run several times, long enough to measure memory over.
@@ -222,13 +223,10 @@ def test_interrupted_run_is_bit_identical_to_an_uninterrupted_one(interrupted, r
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 
-def _truncate_largest_array_file(step_dir: str) -> str:
-    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state", "ocdbt.process_0", "d"))
-             for f in fs]
-    path = max(files, key=os.path.getsize)
+def _truncate_largest_array_file(step_dir: str) -> None:
+    path = largest_array_file(step_dir)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    return path
 
 
 def test_resume_falls_back_from_a_damaged_latest_checkpoint(ctx, reference):
@@ -250,17 +248,9 @@ DAMAGE = {
     "deleted array files": lambda d: shutil.rmtree(os.path.join(d, "state", "ocdbt.process_0")),
     "deleted state": lambda d: shutil.rmtree(os.path.join(d, "state")),
     "truncated meta": lambda d: open(os.path.join(d, "meta", "metadata"), "r+b").truncate(40),
-    "flipped bits": None,  # decodes fine: only the checksum in meta notices
+    "flipped byte": flip_a_byte,  # orbax's read or the checksum fails, depending on the save
+    "changed value": rewrite_state_with_one_value_changed,  # reads fine: only the checksum notices
 }
-
-
-def _flip_bits(step_dir: str) -> None:
-    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state", "ocdbt.process_0", "d"))
-             for f in fs]
-    path = max(files, key=os.path.getsize)
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0x5A
-    open(path, "wb").write(bytes(data))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's leftovers of a failed read
@@ -285,12 +275,14 @@ def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how):
     target = TrainState(step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
                         opt_state=tx.init(tree["params"]), tx=tx)
     step_dir = os.path.join(workdir, "checkpoints", "latest", str(last))
-    (DAMAGE[how] or _flip_bits)(step_dir)
+    DAMAGE[how](step_dir)
 
     store = CheckpointStore(workdir, keep=2)
     with pytest.raises(DamagedCheckpointError) as err:
         store.restore("latest", target, model_config(config))
     assert "\n" not in str(err.value) and f"latest/{last}: damaged checkpoint" in str(err.value)
+    if how == "changed value":
+        assert "state contents differ from the checksum saved with it" in str(err.value)
     warned = []
     state, meta = store.restore_for_resume(target, model_config(config), warn=warned.append)
     assert len(warned) == 1 and f"latest/{last}: damaged checkpoint" in warned[0], warned
