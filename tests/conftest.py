@@ -59,3 +59,14 @@ class FastJit:
 def fast_jit():
     """``fast_jit(fn, static_argnums=())`` -> a :class:`FastJit`."""
     return FastJit
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_for_subprocesses(tmp_path_factory):
+    """train.py, eval.py and the scripts that tests start share one persistent XLA compilation
+    cache per test worker: the tiny model's train step, initialiser and sampler (about 30 s of
+    compiling on a 2-core CPU) compile once, not in every run. This process read its jax config
+    at import, so only child processes use the cache; a cache set by the caller is kept."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
