@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -142,10 +144,43 @@ def _is_orbax_leftover(unraisable) -> bool:
     return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)  # its late callbacks
 
 
+_STATUS = re.compile(r"^[A-Z_]+: ")  # how TensorStore's errors begin: "FAILED_PRECONDITION: ..."
+
+
+def _raised_by_orbax(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) came out of orbax's or TensorStore's reads."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _STATUS.match(str(exc)):
+            return True
+        frame = exc.__traceback__
+        while frame is not None:
+            if "orbax" in frame.tb_frame.f_code.co_filename:
+                return True
+            frame = frame.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _UnretrievedReadErrors(logging.Filter):
+    """Drops asyncio's "Task/Future exception was never retrieved" records of the sibling reads of
+    a failed restore, collected after orbax gave up on them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("exception was never retrieved" in str(record.msg) and _raised_by_orbax(exc))
+
+
 def _silence_orbax_leftovers() -> None:
-    """A failed orbax restore leaves read coroutines and callbacks behind; when Python collects
-    them (now, or at exit) it prints "Exception ignored in ..." tracebacks, which would bury the
-    one-line message. Drop exactly those reports from now on and collect what can be collected."""
+    """A failed orbax restore leaves read coroutines, tasks and callbacks behind. Their reports
+    ("Event loop is closed" from a read finishing after the restore's event loop closed through
+    ``sys.unraisablehook``; "exception was never retrieved" through the ``asyncio`` logger) come
+    while the restore is still unwinding, or later, or at exit, and would bury the one-line
+    message. Drop exactly those from before the first read on (idempotent; others pass)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedReadErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_UnretrievedReadErrors())
     previous = sys.unraisablehook
     if getattr(previous, "_vp_jax", False):
         return
@@ -156,7 +191,6 @@ def _silence_orbax_leftovers() -> None:
 
     hook._vp_jax = True
     sys.unraisablehook = hook
-    gc.collect()
 
 
 def _like_target(restored, target):
@@ -259,6 +293,7 @@ class CheckpointStore:
         def damaged(reason: str) -> DamagedCheckpointError:
             return DamagedCheckpointError(f"{path}: damaged checkpoint ({reason}); {self._saved()}", reason)
 
+        _silence_orbax_leftovers()
         try:
             meta = self._read_meta(manager, step)
             if not isinstance(meta, dict):
@@ -274,7 +309,7 @@ class CheckpointStore:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             )["state"]
         except Exception as err:  # noqa: BLE001
-            _silence_orbax_leftovers()
+            gc.collect()  # report (and drop) the leftovers now, not at exit
             raise damaged(f"state unreadable: {_reason(err)}") from None
         expected = meta.get("state_sha256")
         if expected and state_digest(restored) not in (None, expected):
