@@ -16,8 +16,8 @@ Sequences are listed in *natural* order of ``(<d1>, <d2>)`` (``traj_256_to_511``
 index means the same sequence on every machine.
 
 Every problem with the input raises :class:`~vp_jax.errors.DataError` with one line that names
-the file and what was expected. The pushbot generator writes this same layout, so this reader
-serves both sources.
+the file and what was expected. The pushbot generator and the BAIR converter write this same
+layout through :func:`write_sequence`, so this reader serves all three.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+import struct
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -203,3 +205,58 @@ class LabFolders:
                 if i + window < len(self.paths):
                     futures.append(pool.submit(load, self.paths[i + window]))
                 yield path, result
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """A standard 8-bit RGB PNG of uint8 ``[H, W, 3]`` (no row filter, zlib level 1).
+
+    Written by hand because PNG encoding is most of a writer's time: this takes ~0.18 ms a
+    frame against ~0.6 ms through imageio/Pillow at the same compression (files within 3 %), and
+    its bytes depend only on zlib, not on the imaging library's version.
+    """
+    h, w, _ = image.shape
+    raw = np.empty((h, 1 + 3 * w), np.uint8)
+    raw[:, 0] = 0  # filter type None for every row
+    raw[:, 1:] = image.reshape(h, 3 * w)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit, colour type 2 (RGB), no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b"")
+
+
+def exact_number(value) -> str:
+    """A float as text that :func:`read_csv` reads back to the same float32 (shortest float64 repr)."""
+    return repr(float(value))
+
+
+def encode_csv(table: np.ndarray, number: Callable[[float], str] = exact_number) -> bytes:
+    """A headerless comma-separated table, one line per row."""
+    return "".join(",".join(number(v) for v in row) + "\n" for row in table).encode()
+
+
+def sequence_files(
+    frames: np.ndarray, actions: np.ndarray, positions: np.ndarray, number: Callable[[float], str] = exact_number
+) -> list[tuple[str, bytes]]:
+    """The files of one sequence folder as ``(name, bytes)`` in a fixed order: ``0.png`` ...
+    ``{T-1}.png``, ``actions.csv``, ``endeffector_positions.csv``.
+
+    frames uint8 ``[T, 64, 64, 3]``, actions ``[T, 4]``, positions ``[T, 3]``; ``number`` formats
+    the CSV values (default: exact, so the reader returns the same float32 values).
+    """
+    files = [(f"{t}.png", encode_png(frame)) for t, frame in enumerate(frames)]
+    files.append((ACTIONS_CSV, encode_csv(actions, number)))
+    files.append((POSITIONS_CSV, encode_csv(positions, number)))
+    return files
+
+
+def write_sequence(seq_dir: str, files: list[tuple[str, bytes]]) -> None:
+    """Write :func:`sequence_files` into ``seq_dir`` (created, with its parents)."""
+    os.makedirs(seq_dir, exist_ok=True)
+    for name, data in files:
+        with open(os.path.join(seq_dir, name), "wb") as f:
+            f.write(data)

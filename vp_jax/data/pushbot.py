@@ -31,8 +31,8 @@ The world (units like BAIR's end-effector positions, all within [-0.3, 0.9]):
   clipped to the workspace; ``endeffector_positions.csv`` holds the executed positions.
 
 Frames are rendered with numpy, vectorised over time (~8 ms a sequence), and written by a
-small PNG encoder of our own (:func:`encode_png`: 3x faster than going through imageio, and
-standard PNGs that any reader opens); 1,512 sequences take ~25 s on 2 cores.
+small PNG encoder of our own (:func:`vp_jax.data.lab_folders.encode_png`: 3x faster than going
+through imageio, and standard PNGs that any reader opens); 1,512 sequences take ~25 s on 2 cores.
 
 Every sequence draws from its own ``numpy`` generator seeded by ``(seed, split, index)``, so
 splits are disjoint streams, any worker count gives the same bytes, and the same seed gives
@@ -51,14 +51,13 @@ import math
 import multiprocessing
 import os
 import shutil
-import struct
 import tempfile
 import time
-import zlib
 
 import imageio.v3 as iio
 import numpy as np
 
+from vp_jax.data.lab_folders import encode_png, sequence_files, write_sequence  # noqa: F401 (encode_png: public here too)
 from vp_jax.errors import DataError, cli_main
 
 VERSION = 1
@@ -436,44 +435,14 @@ def sequence_dir(root: str, split: str, index: int) -> str:
     return os.path.join(root, split, f"pushbot_{split}_{index // CHUNK:03d}", str(index % CHUNK))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """A standard 8-bit RGB PNG of uint8 ``[H, W, 3]`` (no row filter, zlib level 1).
-
-    Written by hand because PNG encoding is most of the generator's time: this takes ~0.18 ms a
-    frame against ~0.6 ms through imageio/Pillow at the same compression (files within 3 %), and
-    its bytes depend only on zlib, not on the imaging library's version.
-    """
-    h, w, _ = image.shape
-    raw = np.empty((h, 1 + 3 * w), np.uint8)
-    raw[:, 0] = 0  # filter type None for every row
-    raw[:, 1:] = image.reshape(h, 3 * w)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit, colour type 2 (RGB), no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b"")
-
-
-def _csv(table: np.ndarray) -> str:
-    return "".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in table)
-
-
 def _write_range(args) -> int:
     """Worker: write sequences [start, stop) of a split under root. Returns the count."""
     root, split, start, stop, seed, num_frames = args
     for index in range(start, stop):
         ep = simulate(sequence_rng(seed, split, index), num_frames)
         frames = render(ep)
-        out = sequence_dir(root, split, index)
-        os.makedirs(out, exist_ok=True)
-        for t in range(num_frames):
-            with open(os.path.join(out, f"{t}.png"), "wb") as f:
-                f.write(encode_png(frames[t]))
-        with open(os.path.join(out, "actions.csv"), "w") as f:
-            f.write(_csv(ep.actions))
-        with open(os.path.join(out, "endeffector_positions.csv"), "w") as f:
-            f.write(_csv(ep.positions))
+        files = sequence_files(frames, ep.actions, ep.positions, number=lambda v: f"{v:.6f}")
+        write_sequence(sequence_dir(root, split, index), files)
     return stop - start
 
 
