@@ -21,7 +21,8 @@ SKIP_FRAMES = ("original", "last_context", "every_step")
 KL_SCHEDULES = ("cyclical", "monotonic", "constant")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 TFR_MODES = ("iteration", "sample", "frame")
-SOURCES = ("lab", "tfds", "pushbot")
+SOURCES = ("lab", "tfds", "pushbot", "bair")
+CAMERAS = ("image_aux1", "image_main")
 BN_MODES = ("inference", "batch_stats")
 DTYPES = ("float32", "bfloat16")
 
@@ -93,6 +94,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(m.cond_dim >= 0, "model.cond_dim", "an integer >= 0", m.cond_dim)
         _require(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
         _require(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
+        _require(
+            d.source not in ("tfds", "bair") or d.camera in CAMERAS,
+            "data.camera",
+            f"one of {CAMERAS} (image_aux1 is the camera SVG uses)",
+            d.camera,
+        )
         _require(
             d.source == "tfds" or m.cond_dim in (0, 7),
             "model.cond_dim",

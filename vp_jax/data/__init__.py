@@ -1,5 +1,6 @@
-"""Data: readers of the lab folders and TFDS BAIR, the pushbot generator, the packed cache and
-the batch pipeline. Most users need only :func:`open_split` and :class:`BatchIterator`.
+"""Data: readers of the lab folders, the BAIR release's TFRecords and TFDS BAIR, the BAIR
+converter, the pushbot generator, ``inspect``, the packed cache and the batch pipeline. Most users
+need only :func:`open_split` and :class:`BatchIterator`.
 
 Importing this package does not import TensorFlow Datasets or JAX (both are loaded on use).
 """

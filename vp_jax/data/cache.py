@@ -1,4 +1,4 @@
-"""Packed cache of one split: decode PNGs (or TFDS records) once, memory-map them every epoch.
+"""Packed cache of one split: decode PNGs (or TFDS/BAIR records) once, memory-map them every epoch.
 
 A cache is a folder::
 
@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Iterable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from vp_jax.errors import DataError
 
@@ -36,6 +37,8 @@ FRAMES_FILE = "frames.npy"
 COND_FILE = "cond.npy"
 MANIFEST_FILE = "manifest.json"
 _MAX_SKIPPED_EXAMPLES = 20
+SOURCES = ("lab", "pushbot", "tfds", "bair")
+CAMERA_SOURCES = ("tfds", "bair")  # sources with two cameras: the cache records which one
 
 
 def sha256_file(path: str, chunk: int = 1 << 23) -> str:
@@ -81,6 +84,7 @@ def write_cache(
     count: int,
     num_frames: int,
     meta: dict,
+    progress: bool = False,
 ) -> dict:
     """Write a cache folder at ``out`` from ``count`` items ``(name, (frames, cond))``.
 
@@ -90,6 +94,7 @@ def write_cache(
       count: the number of items (the files are preallocated at this size and cut if some are skipped).
       num_frames: S.
       meta: extra manifest fields (source, root, split, camera).
+      progress: show a progress bar (sequences/s) on stderr.
     Returns the manifest. An existing cache at ``out`` is replaced only once the new one is complete.
     """
     out = os.path.abspath(out)
@@ -103,22 +108,29 @@ def write_cache(
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder is ordinary data
     try:
         frames_path = os.path.join(tmp, FRAMES_FILE)
-        frames = np.lib.format.open_memmap(frames_path, mode="w+", dtype=np.uint8, shape=(count, num_frames, 64, 64, 3))
+        frame_shape = (num_frames, 64, 64, 3)
         cond = np.empty((count, num_frames, 7), np.float32)
         n, skipped = 0, []
-        for name, value in items:
-            if isinstance(value, DataError):
-                skipped.append(str(value))
-                continue
-            f, c = value
-            if f.shape != frames.shape[1:] or c.shape != cond.shape[1:]:
-                raise DataError(
-                    f"{name}: expected frames {frames.shape[1:]} and cond {cond.shape[1:]}, got {f.shape} and {c.shape}"
-                )
-            frames[n], cond[n] = f, c
-            n += 1
-        frames.flush()
-        del frames
+        bar = tqdm(items, total=count, desc=f"caching {meta.get('split', '')}", unit=" sequences", disable=None if progress else True, leave=False)
+        # Appended row by row through a file, not a writable memory map: the process's resident
+        # memory stays flat (a 16 GB split would otherwise count in full as written pages).
+        with open(frames_path, "wb") as fh:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (count, *frame_shape)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            offset = fh.tell()
+            for name, value in bar:
+                if isinstance(value, DataError):
+                    skipped.append(str(value))
+                    continue
+                f, c = value
+                if f.shape != frame_shape or c.shape != cond.shape[1:]:
+                    raise DataError(f"{name}: expected frames {frame_shape} and cond {cond.shape[1:]}, got {f.shape} and {c.shape}")
+                if n == count:
+                    raise DataError(f"{name}: more sequences than the {count} counted (did the files change?)")
+                fh.write(np.ascontiguousarray(f, np.uint8).data)
+                cond[n] = c
+                n += 1
+            fh.truncate(offset + count * int(np.prod(frame_shape)))  # full size (sparse) for _shrink_npy
         if n == 0:
             raise DataError(f"{meta.get('root')}/{meta.get('split')}: no readable sequences ({len(skipped)} skipped)")
         if n < count:
@@ -225,13 +237,15 @@ def build_cache(
     skip_bad: bool = False,
     tfds_validate: int = 256,
     workers: int = 2,
+    progress: bool = False,
 ) -> dict:
-    """Convert one split of ``source`` ('lab', 'pushbot' or 'tfds') into a cache at ``out``.
+    """Convert one split of ``source`` ('lab', 'pushbot', 'tfds' or 'bair') into a cache at ``out``.
 
     'lab' and 'pushbot' read the folder layout under ``root`` (pushbot data must exist already,
     see :func:`vp_jax.data.pushbot.ensure_pushbot`); 'tfds' reads ``bair_robot_pushing_small``
-    from the TFDS data dir ``root`` (see :mod:`vp_jax.data.tfds_bair` for splits and camera).
-    Returns the manifest.
+    from the TFDS data dir ``root`` (see :mod:`vp_jax.data.tfds_bair` for splits and camera);
+    'bair' reads the release's TFRecords in ``root`` (``softmotion30_44k``, see
+    :mod:`vp_jax.data.bair`). Returns the manifest.
     """
     meta = dict(source=source, root=normalize_root(root), split=split)
     if source in ("lab", "pushbot"):
@@ -240,10 +254,15 @@ def build_cache(
         folders = LabFolders(root, split, num_frames)
         items = folders.iter_sequences(skip_bad=skip_bad, workers=workers)
         count = len(folders)
-    elif source == "tfds":
-        from vp_jax.data.tfds_bair import TfdsBair
+    elif source in CAMERA_SOURCES:
+        if source == "tfds":
+            from vp_jax.data.tfds_bair import TfdsBair
 
-        reader = TfdsBair(root, split, camera=camera, validate_count=tfds_validate)
+            reader = TfdsBair(root, split, camera=camera, validate_count=tfds_validate)
+        else:
+            from vp_jax.data.bair import BairRecords
+
+            reader = BairRecords(root, split, camera=camera)
         if num_frames > reader.num_frames:
             raise DataError(f"{reader.name}: sequences have {reader.num_frames} frames, {num_frames} needed")
         num_frames = reader.num_frames
@@ -251,5 +270,5 @@ def build_cache(
         count = len(reader)
         meta["camera"] = camera
     else:
-        raise DataError(f"source {source!r}: expected one of ('lab', 'tfds', 'pushbot')")
-    return write_cache(out, items, count, num_frames, meta)
+        raise DataError(f"source {source!r}: expected one of {SOURCES}")
+    return write_cache(out, items, count, num_frames, meta, progress=progress)

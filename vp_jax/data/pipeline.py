@@ -14,10 +14,12 @@
 Sources. 'lab' and 'pushbot' read the folder layout through a packed cache
 (:mod:`vp_jax.data.cache`) built on first use at ``<data.cache_dir>/<source>-<split>``, or at
 ``<data.root>/.cache/<split>`` when ``data.cache_dir`` is empty, so PNGs are decoded once, not
-every epoch; 'pushbot' first generates the set if ``data.root`` lacks it. 'tfds' reads the
-ArrayRecord copy at random (decoding as it goes) unless ``data.cache_dir`` is set, in which case
-it is packed too. A cache is reused as long as its manifest names the same source, root, split
-(and camera); delete it to rebuild after changing the files.
+every epoch; 'pushbot' first generates the set if ``data.root`` lacks it. 'bair' reads the BAIR
+release's TFRecords (:mod:`vp_jax.data.bair`) into a packed cache the same way, at
+``<data.cache_dir>/bair-<camera>-<split>`` or ``<data.root>/.cache/<camera>-<split>``. 'tfds'
+reads the ArrayRecord copy at random (decoding as it goes) unless ``data.cache_dir`` is set, in
+which case it is packed too. A cache is reused as long as its manifest names the same source,
+root, split (and camera); delete it to rebuild after changing the files.
 """
 
 from __future__ import annotations
@@ -83,11 +85,12 @@ class SequenceSource:
 def cache_path(data_cfg, split: str) -> str:
     """Where the packed cache of ``split`` lives for this data config ('' for uncached TFDS)."""
     if data_cfg.cache_dir:
-        tag = f"tfds-{data_cfg.camera}" if data_cfg.source == "tfds" else data_cfg.source
+        tag = f"{data_cfg.source}-{data_cfg.camera}" if data_cfg.source in cache.CAMERA_SOURCES else data_cfg.source
         return os.path.join(os.path.expanduser(data_cfg.cache_dir), f"{tag}-{split}")
     if data_cfg.source == "tfds":
         return ""
-    return os.path.join(os.path.expanduser(data_cfg.root), ".cache", split)
+    name = f"{data_cfg.camera}-{split}" if data_cfg.source in cache.CAMERA_SOURCES else split
+    return os.path.join(os.path.expanduser(data_cfg.root), ".cache", name)
 
 
 def _get(cfg, key, default):
@@ -108,8 +111,8 @@ def open_split(data_cfg, split: str) -> SequenceSource:
     source, root = data_cfg.source, os.path.expanduser(data_cfg.root)
     skip_bad = bool(_get(data_cfg, "skip_bad", False))
     tfds_validate = int(_get(data_cfg, "tfds_validate", 256))
-    if source not in ("lab", "pushbot", "tfds"):
-        raise DataError(f"config.data.source = {source!r}: expected 'lab', 'pushbot' or 'tfds'")
+    if source not in cache.SOURCES:
+        raise DataError(f"config.data.source = {source!r}: expected one of {cache.SOURCES}")
     if source == "pushbot":
         from vp_jax.data.pushbot import ensure_pushbot
 
@@ -137,13 +140,14 @@ def _open_cached(data_cfg, split: str, path: str, skip_bad: bool, tfds_validate:
     """Open (building on first use) the packed cache of a split at ``path``."""
     source, root = data_cfg.source, os.path.expanduser(data_cfg.root)
     expected = dict(source=source, root=cache.normalize_root(root), split=split)
-    if source == "tfds":
+    if source in cache.CAMERA_SOURCES:
         expected["camera"] = data_cfg.camera
     if not os.path.isfile(os.path.join(path, cache.MANIFEST_FILE)):
         log.info("building the %s cache of %s/%s at %s (once)", source, root, split, path)
         try:
             cache.build_cache(
-                source, root, split, path, camera=data_cfg.camera, skip_bad=skip_bad, tfds_validate=tfds_validate
+                source, root, split, path, camera=data_cfg.camera, skip_bad=skip_bad, tfds_validate=tfds_validate,
+                progress=True,
             )
         except PermissionError as err:  # e.g. a read-only data root and no data.cache_dir
             raise DataError(f"{path}: cannot write the cache ({err.strerror}); set data.cache_dir to a writable folder") from None

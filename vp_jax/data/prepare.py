@@ -3,6 +3,7 @@
     python -m vp_jax.data.prepare --source lab --root data/processed_data --split train --out cache/lab-train
     python -m vp_jax.data.prepare --source tfds --root ~/tensorflow_datasets --split validate --out cache/tfds-val
     python -m vp_jax.data.prepare --source pushbot --root data/pushbot --split test --out cache/pb-test
+    python -m vp_jax.data.prepare --source bair --root softmotion30_44k --split train --out cache/bair-train
 
 ``--source pushbot`` generates the set at ``--root`` first if it is missing (``--train``,
 ``--validate``, ``--test``, ``--seed`` as for ``python -m vp_jax.data.pushbot``). An existing
@@ -24,11 +25,11 @@ from vp_jax.errors import DataError, cli_main
 @cli_main
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m vp_jax.data.prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--source", choices=("lab", "tfds", "pushbot"))
-    p.add_argument("--root", help="lab/pushbot folder root, or the TFDS data dir")
+    p.add_argument("--source", choices=cache.SOURCES)
+    p.add_argument("--root", help="lab/pushbot folder root, the TFDS data dir, or the BAIR softmotion30_44k folder")
     p.add_argument("--split", choices=("train", "validate", "test"))
     p.add_argument("--out", help="cache folder to write")
-    p.add_argument("--camera", default="image_aux1", choices=("image_aux1", "image_main"), help="tfds only")
+    p.add_argument("--camera", default="image_aux1", choices=("image_aux1", "image_main"), help="tfds and bair")
     p.add_argument("--tfds-validate", type=int, default=256, help="tfds: last N of TFDS train held out as validate")
     p.add_argument("--frames", type=int, default=30, help="lab/pushbot: frames per sequence (lab: 30)")
     p.add_argument("--skip-bad", action="store_true", help="leave out bad sequences (counted) instead of stopping")
@@ -59,15 +60,13 @@ def main(argv=None) -> None:
             manifest = cache.read_manifest(args.out)
         except DataError:
             manifest = None
-        same = manifest is not None and (manifest.get("source"), manifest.get("root"), manifest.get("split")) == (
-            args.source,
-            cache.normalize_root(args.root),
-            args.split,
-        )
-        if same:
+        wanted = dict(source=args.source, root=cache.normalize_root(args.root), split=args.split)
+        if args.source in cache.CAMERA_SOURCES:
+            wanted["camera"] = args.camera
+        if manifest is not None and all(manifest.get(k) == v for k, v in wanted.items()):
             print(f"{args.out}: cache already built ({manifest['count']} sequences); --force rebuilds it")
             return
-        raise DataError(f"{args.out}: holds a cache of another source/root/split; use --force or another --out")
+        raise DataError(f"{args.out}: holds a cache of another source/root/split/camera; use --force or another --out")
 
     start = time.perf_counter()
     manifest = cache.build_cache(
@@ -80,6 +79,7 @@ def main(argv=None) -> None:
         skip_bad=args.skip_bad,
         tfds_validate=args.tfds_validate,
         workers=args.workers,
+        progress=True,
     )
     secs = time.perf_counter() - start
     skipped = f", skipped {manifest['skipped']} bad sequences" if manifest["skipped"] else ""
