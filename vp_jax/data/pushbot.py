@@ -539,12 +539,10 @@ def ensure_pushbot(
 
 def save_preview(path: str, seed: int = 0, split: str = "train", sequences: int = 4, frames: tuple = tuple(range(0, 30, 3))):
     """Write a PNG grid: one row per sequence, the chosen frames across (for a quick look)."""
-    rows = []
-    for index in range(sequences):
-        video, _, _ = generate_sequence(seed, split, index)
-        rows.append(np.concatenate([np.pad(video[t], ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in frames], axis=1))
-    grid = np.concatenate(rows, axis=0)
-    iio.imwrite(path, np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1))
+    from vp_jax.data.inspect import contact_sheet
+
+    videos = [generate_sequence(seed, split, index)[0] for index in range(sequences)]
+    iio.imwrite(path, contact_sheet(videos, frames))
 
 
 @cli_main
