@@ -28,6 +28,9 @@ FLAGS = flags.FLAGS
 @cli_main
 def main(argv):
     cli.start(argv)
+    from vp_jax.config import load_workdir_config
+
+    load_workdir_config(FLAGS.workdir, FLAGS.data_root)  # a missing or bad workdir: one line, before JAX loads
     from vp_jax.evaluation import evaluate_workdir
 
     evaluate_workdir(

@@ -26,8 +26,7 @@ FLAGS = flags.FLAGS
 @cli_main
 def main(argv):
     cli.start(argv, options="--config, --workdir, --config.FIELD=VALUE")
-    from vp_jax.config import load_config_json
-    from vp_jax.training.loop import train_and_evaluate
+    from vp_jax.config import load_config_json, validate
 
     config = FLAGS.config
     if config is None:
@@ -35,7 +34,9 @@ def main(argv):
         if not os.path.exists(saved):
             raise ConfigError(f"--config is required: {saved} does not exist (a new run needs a config)")
         config = load_config_json(saved)
+    validate(config)  # a bad field: one line, before JAX and the training code load
     from vp_jax import parallel
+    from vp_jax.training.loop import train_and_evaluate
 
     parallel.initialize_distributed(config)  # config.parallel.distributed: multi-host, before JAX starts
     train_and_evaluate(config, FLAGS.workdir)

@@ -6,13 +6,16 @@ frame predictor, cyclical KL annealing (3 cycles, ratio 0.5, beta up to 1), lr 0
 
     python train.py --config configs/lab_bair.py --workdir runs/lab_bair \
         --config.data.root=/path/to/processed_data
+    # or the original release's TFRecords (no TensorFlow; packed into a cache on first use):
+    python train.py --config configs/lab_bair.py --workdir runs/lab_bair \
+        --config.data.source=bair --config.data.root=/path/to/softmotion30_44k
     # or TFDS (ArrayRecord copy prepared once, see README):
     python train.py --config configs/lab_bair.py --workdir runs/lab_bair \
         --config.data.source=tfds --config.data.root=~/tensorflow_datasets
 
 Model: 22,833,795 parameters (`python -m vp_jax.summary --config configs/lab_bair.py`).
 Hardware and time: a full run is 180,000 iterations; the per-iteration cost is measured by
-`benchmarks/train_step.py` (see README, "Performance"). Expected result (lab grading): test PSNR
+`benchmarks/train_step.py` (see docs/performance.md). Expected result (lab grading): test PSNR
 >= 25 dB on 10 frames predicted from 2; students report 25.6-26.5 dB. Not yet measured with vp_jax.
 """
 
@@ -44,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.bn_eps = 1e-5
     c.model.dtype = "float32"
+    # Decoder pathways the lab model does not have (docs/model.md): a condition field in the
+    # decoder (channels; 0 = off) and compositing output ('frame' = the lab's sigmoid image).
+    c.model.decoder_cond = 0
+    c.model.decoder_cond_hidden = 32
+    c.model.output = "frame"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "lab"
@@ -66,8 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 0
     c.train.beta1 = 0.9
     c.train.beta2 = 0.999
+    # free_bits: nats per latent dimension and frame that cost nothing (0 = the lab's plain KL).
     c.train.kl = ml_collections.ConfigDict(
-        dict(schedule="cyclical", cycles=3, ratio=0.5, beta_max=1.0, per="epoch")
+        dict(schedule="cyclical", cycles=3, ratio=0.5, beta_max=1.0, per="epoch", free_bits=0.0)
     )
     c.train.tfr = ml_collections.ConfigDict(
         dict(start=1.0, start_decay_epoch=0, decay_step=0.0, lower_bound=0.0, mode="iteration")
@@ -81,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.num_samples = 1
     c.eval.bn_mode = "inference"
     c.eval.num_gifs = 4
+    # psnr_moving scores the pixels whose target differs from the last context frame by more
+    # than this (values in [0, 1]) in any channel.
+    c.eval.moving_threshold = 0.05
 
     # Data parallelism (vp_jax/parallel.py): batch split over all devices. True = multi-host:
     # jax.distributed.initialize() runs first, on every host.

@@ -62,6 +62,19 @@ def fast_jit():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fast_compiling_subprocesses():
+    """train.py, eval.py and the scripts the tests start compile without XLA's backend
+    optimisation: they compile a handful of programs and run each for a few steps, where the
+    optimisation costs more than it saves (a tiny train.py run: 50 -> 37 s on a 2-core CPU). Same
+    programs, same checks. This process keeps its own flags (its backend starts first); the
+    in-process harnesses compile fast through :class:`FastJit`. VP_JAX_TEST_XLA_OPT=1 turns it off."""
+    jax.devices()  # start this process's backend with the flags it was given
+    if not os.environ.get("VP_JAX_TEST_XLA_OPT"):
+        fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {fast}".strip()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def compilation_cache_for_subprocesses(tmp_path_factory):
     """train.py, eval.py and the scripts that tests start share one persistent XLA compilation
     cache per test worker: the tiny model's train step, initialiser and sampler (about 30 s of

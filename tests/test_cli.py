@@ -51,10 +51,14 @@ def trained(tmp_path_factory):
 def test_train_writes_every_output(trained):
     wd = trained["workdir"]
     metrics = pd.read_csv(os.path.join(wd, "metrics.csv"))
-    assert list(metrics.columns[:10]) == ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "seconds"]
+    assert list(metrics.columns) == [
+        "step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "val_psnr_moving",
+        "val_action_sensitivity_db", "val_posterior_psnr", "val_copy_psnr", "seconds", "rss_mb",
+    ]
     assert metrics["epoch"].tolist() == [0, 1]
     assert metrics["step"].tolist() == [3, 6]  # tiny: epoch_size 3
-    assert np.isfinite(metrics[["loss", "mse", "kl", "val_psnr"]].to_numpy()).all()
+    assert np.isfinite(metrics[["loss", "mse", "kl", "val_psnr", "val_psnr_moving", "val_posterior_psnr"]].to_numpy()).all()
+    assert np.isfinite(metrics["val_action_sensitivity_db"]).all()  # the shuffled-condition pass ran
     # Cyclical annealing over 2 epochs with one cycle, ratio 0.5: beta 0 in epoch 0, then 1.
     assert metrics["beta"].tolist() == pytest.approx([0.0, 1.0])
     saved = json.load(open(os.path.join(wd, "config.json")))
@@ -75,15 +79,29 @@ def test_eval_metrics_match_predictions(trained):
     out = os.path.join(wd, "eval", "test")
     m = json.load(open(os.path.join(out, "metrics.json")))
     for key in ("psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "best_of_n", "mean_of_n",
-                "baseline_copy_last", "shuffled_condition", "num_sequences", "checkpoint_step"):
+                "baseline_copy_last", "shuffled_condition", "num_sequences", "checkpoint_step",
+                "psnr_moving", "psnr_moving_per_frame", "posterior", "action_sensitivity_db", "best_minus_mean_db"):
         assert key in m, key
     assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 3
     assert m["best_of_n"]["psnr"] >= m["mean_of_n"]["psnr"]
+    assert m["best_of_n"]["psnr_moving"] >= m["mean_of_n"]["psnr_moving"]
+    assert m["best_minus_mean_db"]["psnr"] == pytest.approx(m["best_of_n"]["psnr"] - m["mean_of_n"]["psnr"])
+    assert m["action_sensitivity_db"] == pytest.approx(m["psnr"] - m["shuffled_condition"]["psnr"])
+    assert len(m["posterior"]["kl_per_frame"]) == 3 and m["posterior"]["kl"] >= 0
     npz = np.load(os.path.join(out, "predictions.npz"))
     assert npz["pred"].dtype == np.uint8 and npz["pred"].shape == (8, 3, 64, 64, 3)
     assert m["psnr"] == pytest.approx(lab_psnr(npz["pred"], npz["target"]), abs=1e-3)
     copy = np.broadcast_to(npz["context"][:, -1:], npz["target"].shape)
     assert m["baseline_copy_last"]["psnr"] == pytest.approx(lab_psnr(copy, npz["target"]), abs=1e-3)
+    # PSNR on the moving pixels, recomputed with numpy from the saved frames.
+    moving = np.any(np.abs(npz["target"] / 255.0 - copy / 255.0) > m["moving_threshold"], axis=-1)
+    for pred, name in ((npz["pred"], None), (copy, "baseline_copy_last")):
+        err = (pred / 255.0 - npz["target"] / 255.0) ** 2
+        values = [np.mean(10 * np.log10(1 / err[i, t][moving[i, t]].mean(axis=0)))
+                  for i in range(8) for t in range(3) if moving[i, t].any()]
+        got = m["psnr_moving"] if name is None else m[name]["psnr_moving"]
+        assert got == pytest.approx(float(np.mean(values)), abs=1e-3)
+    assert m["moving_fraction"] == pytest.approx(float(moving.mean()), abs=1e-6)
     assert iio.imread(os.path.join(out, "per_frame.png")).ndim == 3
     assert os.listdir(os.path.join(out, "gifs"))
 
@@ -108,18 +126,15 @@ def test_resume_with_a_different_model_is_refused(trained):
 
 
 def test_eval_errors_are_one_line(trained, tmp_path):
-    # A workdir without checkpoints.
-    empty = tmp_path / "empty"
-    run("train.py", "--config", "configs/tiny.py", "--workdir", str(empty), "--config.train.niter=1",
-        f"--config.data.root={trained['data']}")
-    for sub in ("latest", "best"):
-        for step in os.listdir(empty / "checkpoints" / sub):
-            import shutil
-
-            shutil.rmtree(empty / "checkpoints" / sub / step)
-    # Lab folders that are not there (pushbot data would be regenerated, so use the lab source).
     import shutil
 
+    # A workdir without checkpoints: the trained one with its checkpoints removed.
+    empty = tmp_path / "empty"
+    shutil.copytree(trained["workdir"], empty)
+    for sub in ("latest", "best"):
+        for step in os.listdir(empty / "checkpoints" / sub):
+            shutil.rmtree(empty / "checkpoints" / sub / step)
+    # Lab folders that are not there (pushbot data would be regenerated, so use the lab source).
     lab = tmp_path / "lab"
     shutil.copytree(trained["workdir"], lab)
     cfg = json.load(open(lab / "config.json"))

@@ -27,21 +27,25 @@ def _config(schedule="cyclical"):
     )
 
 
-def _workdir(root, name, schedule, val_psnrs, final_loss):
+def _workdir(root, name, schedule, val_psnrs, final_loss, measures=False):
+    """A workdir whose metrics.csv has the given validation PSNRs; with ``measures`` also the other
+    validation columns, each epoch e holding moving = psnr - 8, sensitivity = e, posterior = psnr + 1."""
     d = root / name
     d.mkdir()
     save_config_json(_config(schedule), str(d / "config.json"))
-    lines = ["step,epoch,loss,mse,kl,beta,tfr,lr,val_psnr,seconds"]
+    extra = ",val_psnr_moving,val_action_sensitivity_db,val_posterior_psnr,val_copy_psnr" if measures else ""
+    lines = ["step,epoch,loss,mse,kl,beta,tfr,lr,val_psnr" + extra + ",seconds"]
     for e, v in enumerate(val_psnrs):
         loss = final_loss if e == len(val_psnrs) - 1 else final_loss + 1.0
-        lines.append(f"{(e + 1) * 10},{e},{loss},0.01,1.0,0.5,1.0,0.002,{'' if v is None else v},3.0")
+        more = "" if not measures else ("," * 4 if v is None else f",{v - 8},{e},{v + 1},20.0")
+        lines.append(f"{(e + 1) * 10},{e},{loss},0.01,1.0,0.5,1.0,0.002,{'' if v is None else v}{more},3.0")
     (d / "metrics.csv").write_text("\n".join(lines) + "\n")
     return str(d)
 
 
 @pytest.fixture
 def two_runs(tmp_path):
-    a = _workdir(tmp_path, "run_a", "cyclical", [20.0, None, 24.5, 24.0], 0.031)
+    a = _workdir(tmp_path, "run_a", "cyclical", [20.0, None, 24.5, 24.0], 0.031, measures=True)
     b = _workdir(tmp_path, "run_b", "monotonic", [21.0, 22.0, None, 23.25], 0.042)
     return a, b
 
@@ -49,8 +53,13 @@ def two_runs(tmp_path):
 def test_table_names_only_the_differing_setting(two_runs, tmp_path):
     out = str(tmp_path / "cmp.png")
     table = compare.compare(list(two_runs), out)
-    settings = [c for c in table.columns if c not in ("run", "best_val_psnr", "best_epoch", "final_loss", "epochs")]
+    measures = list(compare.BEST_EPOCH_COLUMNS.values())
+    fixed = ("run", "best_val_psnr", "best_epoch", *measures, "final_loss", "epochs")
+    settings = [c for c in table.columns if c not in fixed]
     assert settings == ["train.kl.schedule"]
+    # run_a's measures come from its best epoch (2); run_b's CSV predates them
+    assert table.loc[0, measures].tolist() == [16.5, 2.0, 25.5, 20.0]
+    assert table.loc[1, measures].isna().all()
     assert list(table["run"]) == ["run_a", "run_b"]
     assert list(table["train.kl.schedule"]) == ["cyclical", "monotonic"]
     assert list(table["best_val_psnr"]) == [24.5, 23.25]

@@ -24,20 +24,37 @@ def data():
     return jnp.asarray(frames), jnp.asarray(cond)
 
 
-@pytest.fixture(scope="module")
-def variables(tiny_config, tiny_variables, data, fast_jit):
-    """The tiny model with calibrated running statistics: one training-mode rollout with BatchNorm
+def calibrated(cfg, variables, data, fast_jit):
+    """``variables`` with calibrated running statistics: one training-mode rollout with BatchNorm
     momentum 0 stores the statistics of its last batch.  With the initial (0, 1) statistics a fresh
     model's signals shrink through the layers until z no longer reaches the output."""
-    cfg = dataclasses.replace(model_config(tiny_config), bn_momentum=0.0)
+    cfg = dataclasses.replace(cfg, bn_momentum=0.0)
     frames, cond = data
+
     def calibrate(params, stats, frames, cond, key):
         mask = jnp.ones(frames.shape[:2], bool)
         return rollout(params, stats, frames, cond, mask, key, model_cfg=cfg, n_past=2, unroll=1)[1]
 
-    roll = fast_jit(calibrate)
-    stats = roll(tiny_variables["params"], tiny_variables["batch_stats"], frames, cond, jax.random.PRNGKey(3))
-    return {"params": tiny_variables["params"], "batch_stats": stats}
+    stats = fast_jit(calibrate)(variables["params"], variables["batch_stats"], frames, cond, jax.random.PRNGKey(3))
+    return {"params": variables["params"], "batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def variables(tiny_config, tiny_variables, data, fast_jit):
+    """The tiny model, calibrated."""
+    return calibrated(model_config(tiny_config), tiny_variables, data, fast_jit)
+
+
+PATHWAYS = dict(decoder_cond=4, output="composite")  # the decoder's condition field and compositing
+
+
+@pytest.fixture(scope="module")
+def pathway_variables(tiny_config, data, fast_jit):
+    """The tiny model with both decoder pathways, calibrated."""
+    from vp_jax.models import init_variables
+
+    cfg = dataclasses.replace(model_config(tiny_config), **PATHWAYS)
+    return calibrated(cfg, init_variables(cfg, jax.random.PRNGKey(0)), data, fast_jit)
 
 
 def reference_generate(params, batch_stats, frames, cond, key, *, cfg, n_past):
@@ -49,7 +66,7 @@ def reference_generate(params, batch_stats, frames, cond, key, *, cfg, n_past):
     def apply(method, *args):
         return model.apply({"params": params, "batch_stats": batch_stats}, *args, method=method)
 
-    keys = jax.random.split(jax.random.split(key, 1)[0], frames.shape[1] - 1)
+    keys = jax.random.split(jax.random.fold_in(key, 0), frames.shape[1] - 1)  # sample 0
     states = initial_state(cfg, frames.shape[0])
     x_in, skip, preds = frames[:, 0], None, []
     for t in range(1, frames.shape[1]):
@@ -68,17 +85,23 @@ def reference_generate(params, batch_stats, frames, cond, key, *, cfg, n_past):
         else:
             states["prior"], z, _, _ = apply(ConditionalVAE.infer_prior, states["prior"], h, keys[t - 1])
             states["predictor"], g = apply(ConditionalVAE.predict, states["predictor"], h, z, cond[:, t], False)
-            x_in = apply(ConditionalVAE.decode, g, skip, False)
+            x_in = apply(ConditionalVAE.decode, g, skip, False, cond[:, t])
             preds.append(x_in)
     return jnp.stack(preds, axis=1)[None]
 
 
 @pytest.mark.parametrize(
-    "skip_frame,learned_prior", [("original", True), ("last_context", False), ("every_step", True)]
+    "skip_frame,learned_prior,pathways",
+    [("original", True, False), ("last_context", False, False), ("every_step", True, False), ("last_context", True, True)],
 )
-def test_generation_equals_the_original_loop(tiny_config, variables, data, fast_jit, skip_frame, learned_prior):
+def test_generation_equals_the_original_loop(
+    tiny_config, variables, pathway_variables, data, fast_jit, skip_frame, learned_prior, pathways
+):
     c = tiny_config.copy_and_resolve_references()
     c.model.skip_frame, c.model.learned_prior = skip_frame, learned_prior
+    if pathways:
+        c.model.update(PATHWAYS)
+        variables = pathway_variables
     cfg = model_config(c)
     params = variables["params"] if learned_prior else {k: v for k, v in variables["params"].items() if k != "prior"}
     frames, cond = data

@@ -134,3 +134,52 @@ def test_copy_last_baseline():
         np.testing.assert_array_equal(base[:, t], frames[:, 1])
     psnr = np.asarray(metrics.psnr_per_frame(base, frames[:, 1:5]))
     assert psnr.shape == (2, 4) and np.allclose(psnr[:, 0], metrics.PSNR_CAP)
+
+
+# ----------------------------------------------------------------------------- moving pixels
+
+
+def test_moving_mask_is_any_channel_over_the_threshold():
+    ref = np.zeros((2, 4, 4, 3), np.float32)
+    target = np.zeros((2, 3, 4, 4, 3), np.float32)
+    target[0, 1, 2, 3, 2] = 0.06  # one channel over 0.05
+    target[1, 2, 0, 0, :] = 0.05  # exactly the threshold: not moving
+    target[1, 0, 1, 1, 0] = -0.2  # darker counts too
+    mask = np.asarray(metrics.moving_mask(target, ref, 0.05))
+    assert mask.shape == (2, 3, 4, 4)
+    want = np.zeros_like(mask)
+    want[0, 1, 2, 3] = want[1, 0, 1, 1] = True
+    np.testing.assert_array_equal(mask, want)
+    # data_range scales the threshold: uint8-like values
+    np.testing.assert_array_equal(np.asarray(metrics.moving_mask(target * 255, ref, 0.05, data_range=255.0)), want)
+
+
+def test_masked_psnr_against_numpy_and_full_mask(pairs):
+    x, y = pairs["structured"]
+    rng = np.random.default_rng(4)
+    mask = rng.random(x.shape[:-1]) < 0.3
+    mask[0, 0, 1] = False  # one frame with nothing to score
+    got = np.asarray(metrics.psnr_masked_per_frame(x, y, mask))
+    assert np.isnan(got[0, 0, 1]) and np.isfinite(np.delete(got.reshape(-1), 1)).all()
+    for idx in np.ndindex(*x.shape[:3]):
+        m = mask[idx]
+        if not m.any():
+            continue
+        err = (x[idx][m] - y[idx][m]) ** 2  # [pixels, C]
+        want = np.mean(10 * np.log10(1.0 / err.mean(axis=0)))
+        np.testing.assert_allclose(got[idx], want, rtol=1e-4)
+    full = np.asarray(metrics.psnr_masked_per_frame(x, y, np.ones(x.shape[:-1], bool)))
+    np.testing.assert_allclose(full, np.asarray(metrics.psnr_per_frame(x, y)), rtol=1e-5)
+
+
+def test_best_and_mean_of_n_skip_frames_without_a_score():
+    nan = np.nan
+    s = np.array([[[10, nan], [nan, nan]], [[12, nan], [nan, nan]], [[11, 30], [nan, nan]]], np.float32)
+    r = metrics.best_and_mean_of_n(s)
+    # seq 0: sample means 10, 12, 20.5 -> sample 2; seq 1 has no score at all
+    assert int(r["best_index"][0]) == 2
+    np.testing.assert_allclose(np.asarray(r["best_per_frame"])[0], [11, 30])
+    np.testing.assert_allclose(np.asarray(r["mean_per_frame"])[0], [11, 30])
+    assert np.isnan(np.asarray(r["mean_per_frame"])[1]).all()
+    np.testing.assert_allclose(float(r["best"]), (11 + 30) / 2)
+    np.testing.assert_allclose(float(r["mean"]), (11 + 30) / 2)

@@ -273,3 +273,74 @@ def test_fixed_prior_has_no_prior_network(tiny_config):
     np.testing.assert_array_equal(mu, 0.0)
     np.testing.assert_array_equal(logvar, 0.0)
     np.testing.assert_allclose(z, jax.random.normal(jax.random.PRNGKey(0), (4, cfg.z_dim)))
+
+
+# ----------------------------------------------------------------------------- decoder pathways
+
+
+def test_condition_field_is_an_mlp_of_pixel_coordinates_and_condition():
+    from vp_jax.models.condition import ConditionField, pixel_grid
+
+    field = ConditionField(channels=3, hidden=5)
+    cond = jax.random.normal(jax.random.PRNGKey(0), (2, 7))
+    variables = field.init(jax.random.PRNGKey(1), cond, 8)
+    out = np.asarray(field.apply(variables, cond, 8))
+    assert out.shape == (2, 8, 8, 3)
+    p = jax.tree.map(np.asarray, variables["params"])
+    grid = np.asarray(pixel_grid(8))
+    assert grid[0, 0].tolist() == pytest.approx([-0.875, -0.875]) and grid[2, 5].tolist() == pytest.approx([0.375, -0.375])
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    for b in range(2):
+        for r, c in ((0, 0), (3, 6), (7, 2)):
+            x = np.asarray(cond[b], np.float64)
+            h = relu(x @ p["cond"]["kernel"] + p["cond"]["bias"] + grid[r, c] @ p["coords"]["kernel"])
+            h = relu(h @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+            np.testing.assert_allclose(out[b, r, c], h @ p["out"]["kernel"] + p["out"]["bias"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pathway_model(tiny_config):
+    """The tiny model with both decoder pathways, its variables and one encoded batch."""
+    from vp_jax.models import init_variables
+
+    cfg = dataclasses.replace(model_config(tiny_config), decoder_cond=4, output="composite")
+    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    model = ConditionalVAE(cfg)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3))
+    (h, skips), _ = model.apply(variables, x, True, method=ConditionalVAE.encode, mutable=["batch_stats"])
+    cond = jax.random.normal(jax.random.PRNGKey(2), (2, cfg.cond_dim))
+    return cfg, model, variables, x, h, skips, cond
+
+
+def _decode(model, variables, h, skips, cond):
+    return model.apply(variables, h, skips, True, cond, method=ConditionalVAE.decode, mutable=["batch_stats"])[0]
+
+
+def test_composite_output_copies_the_skip_frame_where_the_mask_is_closed(pathway_model):
+    cfg, model, variables, x, h, skips, cond = pathway_model
+    np.testing.assert_array_equal(skips[0], x)  # the skip frame's pixels travel first among the skips
+    out_conv = variables["params"]["decoder"]["upc5_out"]
+    assert out_conv["kernel"].shape[-1] == 4  # RGB + mask logit
+    for logit, expected in ((-40.0, "copy"), (40.0, "paint")):
+        bias = out_conv["bias"].at[3].set(logit)
+        params = jax.tree.map(lambda a: a, variables["params"])
+        params["decoder"]["upc5_out"] = dict(out_conv, bias=bias)
+        out = _decode(model, dict(variables, params=params), h, skips, cond)
+        if expected == "copy":
+            np.testing.assert_allclose(out, x, atol=1e-6)  # nothing painted: the skip frame itself
+        else:
+            other = _decode(model, dict(variables, params=params), h, (jnp.zeros_like(x),) + tuple(skips[1:]), cond)
+            np.testing.assert_allclose(out, other, atol=1e-6)  # nothing copied: the skip frame's pixels are unused
+            assert float(jnp.max(jnp.abs(out - x))) > 0.05
+
+
+def test_condition_field_reaches_the_decoder_output(pathway_model, tiny_config):
+    cfg, model, variables, x, h, skips, cond = pathway_model
+    assert "cond_field" in variables["params"]["decoder"]
+    out = _decode(model, variables, h, skips, cond)
+    assert float(jnp.max(jnp.abs(_decode(model, variables, h, skips, cond + 1.0) - out))) > 1e-4
+    # With the switches off (the lab model) the decoder has neither pathway.
+    from vp_jax.models import abstract_variables
+
+    lab_params = abstract_variables(model_config(tiny_config))["params"]["decoder"]
+    assert "cond_field" not in lab_params and lab_params["upc5_out"]["kernel"].shape[-1] == 3

@@ -66,10 +66,19 @@ def test_skip_concat_conv_equals_conv_of_concatenation(skip_index):
     np.testing.assert_allclose(_Split().apply(v_ref, x, per_step), out, atol=1e-5)
 
 
-@pytest.mark.parametrize("skip_frame,n_past", [("original", 2), ("last_context", 3), ("every_step", 2)])
-def test_teacher_forced_rollout_equals_scan_rollout(tiny_config, tiny_variables, fast_jit, skip_frame, n_past):
+# The three skip rules; 'original' with 3 context frames also has a skip frame (x_1) that is not
+# the first, and runs with the decoder's condition field and compositing.
+@pytest.mark.parametrize(
+    "skip_frame,n_past,pathways", [("last_context", 3, False), ("every_step", 2, False), ("original", 3, True)]
+)
+def test_teacher_forced_rollout_equals_scan_rollout(tiny_config, tiny_variables, fast_jit, skip_frame, n_past, pathways):
     cfg = dataclasses.replace(model_config(tiny_config), skip_frame=skip_frame)
     variables = tiny_variables
+    if pathways:  # the decoder's condition field and compositing (skip frames 0 and 1 both used)
+        from vp_jax.models import init_variables
+
+        cfg = dataclasses.replace(cfg, decoder_cond=4, output="composite")
+        variables = init_variables(cfg, jax.random.PRNGKey(0))
     rng = np.random.default_rng(2)
     B, T = 3, n_past + tiny_config.n_future
     scale = np.linspace(1.0, 0.4, T, dtype=np.float32)[None, :, None, None, None]  # per-step statistics differ
@@ -117,8 +126,10 @@ def test_always_teacher_forced():
     assert not step_lib.always_teacher_forced(config)
 
 
-def test_train_step_same_with_and_without_the_static_fast_path():
-    """tfr = 1 via the static path vs via the lax.cond (tfr schedule that could decay later)."""
+def test_train_step_same_with_and_without_the_static_fast_path(fast_jit):
+    """tfr = 1 via the static path vs via the lax.cond (tfr schedule that could decay later).
+    Both steps are compiled without XLA's backend optimisation (same programs; the lax.cond one
+    holds both rollouts and their gradients, a minute of optimising on a 2-core CPU)."""
     from vp_jax.training.state import create_train_state
 
     config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
@@ -133,7 +144,7 @@ def test_train_step_same_with_and_without_the_static_fast_path():
     losses = []
     for c in (config, decaying):
         state = create_train_state(c, jax.random.key(0))
-        train_step = step_lib.make_train_step(c, unroll=1)
+        train_step = fast_jit(step_lib.make_train_step(c, unroll=1))
         out = []
         for s in range(3):
             state, m = train_step(state, batch, jax.random.key(s))

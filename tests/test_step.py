@@ -19,6 +19,7 @@ from vp_jax.training.step import (
     kl_standard_normal,
     make_train_step,
     rollout,
+    rollout_loss,
     teacher_forcing_mask,
 )
 
@@ -186,7 +187,9 @@ def test_scan_rollout_equals_explicit_loop_with_mixed_teacher_forcing(setup):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref_grads))
     assert scale > 1e-3
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * scale), grads, ref_grads)
+    # float32 summation order (BatchNorm's reductions over B x 64 x 64 pixels, the scan against the
+    # loop) moves gradients by up to ~2e-5 of their largest entry, depending on the CPU
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-5 * scale), grads, ref_grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, ref_stats)
 
 
@@ -277,6 +280,42 @@ def test_fixed_prior_kl_is_against_standard_normal(setup):
     np.testing.assert_allclose(fixed["kl"], learned["kl"], rtol=1e-5)
     np.testing.assert_allclose(fixed["mse"], learned["mse"], rtol=1e-6)
     assert float(jnp.min(fixed["kl"])) > 0.0
+
+
+def test_free_bits_clamp_the_posterior_and_leave_the_prior_its_gradient(setup):
+    """sum_t sum_d max(KL_{t,d}, lambda): with every dimension below lambda the loss is the MSE
+    plus beta * lambda per dimension and step, the posterior gets the MSE's gradient only, and a
+    learned prior still gets the plain KL's gradient (it keeps following the posterior)."""
+    s = setup
+    params, stats = s["variables"]["params"], s["variables"]["batch_stats"]
+    params = jax.tree.map(lambda a: a, params)
+    params["posterior"]["mu"]["bias"] = params["posterior"]["mu"]["bias"] + 0.5  # a KL well above 0
+
+    def objective(params, beta, free_bits):
+        return rollout_loss(params, stats, s["frames"], s["cond"], None, s["key"], beta,
+                            model_cfg=s["cfg"], n_past=N_PAST, free_bits=free_bits)
+
+    grad_fn = s["fast_jit"](jax.value_and_grad(objective, has_aux=True), static_argnums=(2,))
+    (plain, (m_plain, _)), g_plain = grad_fn(params, 1.0, 0.0)
+    (mse_only, _), g_mse = grad_fn(params, 0.0, 0.0)
+    lam = 1e3  # far above every dimension's KL
+    (clamped, (m_clamped, _)), g_clamped = grad_fn(params, 1.0, lam)
+    steps, z_dim = T - 1, s["cfg"].z_dim
+    assert float(m_plain["kl"]) > 0.1
+    np.testing.assert_allclose(float(plain), float(mse_only) + steps * float(m_plain["kl"]), rtol=1e-5)
+    np.testing.assert_allclose(float(clamped), float(mse_only) + steps * z_dim * lam, rtol=1e-6)
+    np.testing.assert_allclose(float(m_clamped["kl"]), float(m_plain["kl"]), rtol=1e-6)  # the true KL is logged
+
+    def close(a, b):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-7)
+
+    close(g_clamped["posterior"], g_mse["posterior"])  # the KL no longer pulls the posterior
+    close(g_clamped["prior"], g_plain["prior"])  # ... but still trains the prior
+    differs = [float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(g_plain["posterior"]),
+                                                                jax.tree.leaves(g_mse["posterior"]))]
+    assert max(differs) > 1e-4  # without free bits the KL does pull the posterior
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_plain["prior"])) > 1e-4
 
 
 # --------------------------------------------------------------------------- train step

@@ -148,3 +148,20 @@ def test_gif_grid(tmp_path):
 def test_gif_shape_errors(tmp_path):
     with pytest.raises(ValueError, match="match target"):
         visualize.write_gif(np.zeros((3, 8, 8, 3)), np.zeros((6, 8, 8, 3)), 2, str(tmp_path / "x.gif"))
+
+
+def test_strip_rows_are_truth_then_prediction(tmp_path):
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 256, (2, 4, 8, 8, 3), dtype=np.uint8)
+    pred = rng.integers(0, 256, (2, 2, 8, 8, 3), dtype=np.uint8)  # frames 2, 3 only
+    path = visualize.write_strip(pred, target, 2, str(tmp_path / "strip.png"), scale=2, gap=1)
+    img = iio.imread(path)
+    cell_h, cell_w = 16 + 2, 16 + 2
+    assert img.shape == (2 * (2 * cell_h + 2), 4 * cell_w, 3)
+    for r in range(2):
+        for row, want in enumerate((target[r], np.concatenate([target[r, :2], pred[r]]))):
+            for k in range(4):
+                oy, ox = r * (2 * cell_h + 2) + row * cell_h, k * cell_w
+                np.testing.assert_array_equal(img[oy + 1 : oy + 17 : 2, ox + 1 : ox + 17 : 2], want[k])
+                border = visualize.CONTEXT_COLOR if k < 2 else visualize.PRED_COLOR
+                assert tuple(img[oy, ox]) == border

@@ -2,7 +2,9 @@
 
 Each DIR is a training workdir holding ``config.json`` (written by
 :func:`vp_jax.config.save_config_json`) and ``metrics.csv``.  Prints one table row per run —
-run name, best validation PSNR and its epoch, final loss, last epoch — followed by one column
+run name, best validation PSNR and its epoch, the other validation measures of that epoch
+(PSNR on moving pixels, action sensitivity, posterior reconstruction PSNR, copy-last PSNR;
+when the run recorded them), final loss, last epoch — followed by one column
 per config setting that differs between the runs (nested keys flattened, e.g.
 ``train.kl.schedule``), and writes one plot overlaying the validation PSNR curves
 (``compare_val_psnr.png`` in the current folder unless ``--out`` is given).
@@ -25,6 +27,13 @@ from vp_jax.errors import DataError, cli_main
 from vp_jax.visualize import read_metrics_csv
 
 DEFAULT_OUT = "compare_val_psnr.png"
+# metrics.csv column -> table column, read at the best validation epoch.
+BEST_EPOCH_COLUMNS = {
+    "val_psnr_moving": "psnr_moving",
+    "val_action_sensitivity_db": "action_sens_db",
+    "val_posterior_psnr": "posterior_psnr",
+    "val_copy_psnr": "copy_last_psnr",
+}
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -84,7 +93,8 @@ def differing_settings(configs: list[dict]) -> list[str]:
 
 
 def summarize(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: best val PSNR (+ epoch), final loss, last epoch, differing settings."""
+    """One row per run: best val PSNR (+ epoch) and that epoch's other validation measures,
+    final loss, last epoch, differing settings."""
     diff = differing_settings([r["config"] for r in runs])
     rows = []
     for r in runs:
@@ -96,8 +106,11 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             row["best_val_psnr"] = float(val.loc[i, "val_psnr"])
             row["best_epoch"] = int(val.loc[i, "epoch"])
         else:
+            i = None
             row["best_val_psnr"] = float("nan")
             row["best_epoch"] = pd.NA
+        for col, name in BEST_EPOCH_COLUMNS.items():
+            row[name] = float(df.loc[i, col]) if i is not None and col in df.columns else float("nan")
         loss = df["loss"].dropna() if "loss" in df.columns else pd.Series(dtype=float)
         row["final_loss"] = float(loss.iloc[-1]) if len(loss) else float("nan")
         row["epochs"] = int(df["epoch"].max()) if df["epoch"].notna().any() else pd.NA
@@ -155,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     table = compare(args.dirs, args.out)
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}",
-                              formatters={"best_val_psnr": lambda v: f"{v:.3f}"}))
+                              formatters={k: (lambda v: f"{v:.3f}") for k in ("best_val_psnr", *BEST_EPOCH_COLUMNS.values())}))
     print(f"plot: {args.out}")
     return 0
 

@@ -18,6 +18,7 @@ import ml_collections
 from vp_jax.errors import ConfigError
 
 SKIP_FRAMES = ("original", "last_context", "every_step")
+OUTPUTS = ("frame", "composite")
 KL_SCHEDULES = ("cyclical", "monotonic", "constant")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 TFR_MODES = ("iteration", "sample", "frame")
@@ -48,6 +49,10 @@ class ModelConfig:
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: str = "float32"
+    # Pathways the lab/SVG model does not have (off by default; see models/condition.py, vgg64.Decoder):
+    decoder_cond: int = 0  # channels of the condition field fed to every decoder stage (0 = off)
+    decoder_cond_hidden: int = 32  # hidden width of that field's per-pixel MLP
+    output: str = "frame"  # 'frame' (sigmoid image) or 'composite' (mask x painted + (1 - mask) x skip frame)
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -92,6 +97,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             m.skip_frame,
         )
         _require(m.cond_dim >= 0, "model.cond_dim", "an integer >= 0", m.cond_dim)
+        _require(m.get("output", "frame") in OUTPUTS, "model.output", f"one of {OUTPUTS}", m.get("output"))
+        decoder_cond = m.get("decoder_cond", 0)
+        _require(decoder_cond >= 0, "model.decoder_cond", "an integer >= 0", decoder_cond)
+        _require(
+            not decoder_cond or m.cond_dim > 0, "model.decoder_cond", "0 when model.cond_dim is 0 (no condition)",
+            decoder_cond,
+        )
+        _require(m.get("decoder_cond_hidden", 32) >= 1, "model.decoder_cond_hidden", "an integer >= 1",
+                 m.get("decoder_cond_hidden"))
         _require(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
         _require(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
         _require(
@@ -116,6 +130,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(t.kl.cycles >= 1, "train.kl.cycles", "an integer >= 1", t.kl.cycles)
         _require(0 < t.kl.ratio <= 1, "train.kl.ratio", "a number in (0, 1]", t.kl.ratio)
         _require(t.kl.beta_max >= 0, "train.kl.beta_max", "a number >= 0", t.kl.beta_max)
+        _require(t.kl.get("free_bits", 0.0) >= 0, "train.kl.free_bits", "a number >= 0", t.kl.get("free_bits"))
         _require(t.tfr.mode in TFR_MODES, "train.tfr.mode", f"one of {TFR_MODES}", t.tfr.mode)
         _require(0 <= t.tfr.lower_bound <= 1, "train.tfr.lower_bound", "a number in [0, 1]", t.tfr.lower_bound)
         _require(0 <= t.tfr.start <= 1, "train.tfr.start", "a number in [0, 1]", t.tfr.start)
@@ -125,6 +140,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
         _require(e.num_samples >= 1, "eval.num_samples", "an integer >= 1", e.num_samples)
         _require(e.bn_mode in BN_MODES, "eval.bn_mode", f"one of {BN_MODES}", e.bn_mode)
+        threshold = e.get("moving_threshold", 0.05)
+        _require(0 <= threshold < 1, "eval.moving_threshold", "a number in [0, 1)", threshold)
         _require(config.checkpoint.keep >= 1, "checkpoint.keep", "an integer >= 1", config.checkpoint.keep)
     except AttributeError as err:  # a missing field in a hand-written config
         raise ConfigError(f"config is missing a field: {err}") from None
@@ -265,3 +282,14 @@ def load_config_json(path: str) -> ml_collections.ConfigDict:
     if "enc_widths" in raw["model"]:
         raw["model"]["enc_widths"] = tuple(raw["model"]["enc_widths"])
     return ml_collections.ConfigDict(raw)
+
+
+def load_workdir_config(workdir: str, data_root: str | None = None) -> ml_collections.ConfigDict:
+    """The validated config of a training workdir (``DIR/config.json``); ``data_root`` replaces
+    ``data.root`` (data moved since training)."""
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"{workdir}: no such workdir")
+    config = load_config_json(os.path.join(workdir, "config.json"))
+    if data_root:
+        config.data.root = data_root
+    return validate(config)

@@ -28,16 +28,19 @@ def _to_uint8(x):
 
 
 @functools.cache
-def _make_scorer():
-    """One jitted scorer per process (validation runs every epoch; compile it once)."""
+def _make_scorer(moving_threshold: float):
+    """One jitted scorer per process and threshold (validation runs every epoch; compile it once)."""
 
     @jax.jit
-    def score(pred, target):
-        """pred float [N, B, T, H, W, C] in [0, 1]; target uint8 [B, T, H, W, C]."""
+    def score(pred, target, reference):
+        """pred float [N, B, T, H, W, C] in [0, 1]; target uint8 [B, T, H, W, C]; reference uint8
+        [B, H, W, C] (the last context frame) -> pred as uint8, PSNR, SSIM, moving-pixel PSNR [N, B, T]."""
         pred_u8 = _to_uint8(pred)
         p = pred_u8.astype(jnp.float32) / 255.0
-        t = jnp.broadcast_to(target.astype(jnp.float32) / 255.0, p.shape)
-        return pred_u8, M.psnr_per_frame(p, t), M.ssim_per_frame(p, t)
+        t = target.astype(jnp.float32) / 255.0
+        moving = M.moving_mask(t, reference.astype(jnp.float32) / 255.0, moving_threshold)
+        tb = jnp.broadcast_to(t, p.shape)
+        return pred_u8, M.psnr_per_frame(p, tb), M.ssim_per_frame(p, tb), M.psnr_masked_per_frame(p, t, moving), moving
 
     return score
 
@@ -60,22 +63,34 @@ def predict_and_score(
     bn_mode: str = "inference",
     batch_size: int = 32,
     max_batches: int = 0,
-    cond_permutation: np.ndarray | None = None,
+    shuffled_permutation: np.ndarray | None = None,
+    posterior: bool = False,
     keep_predictions: bool = False,
-    generate_fn=None,
+    fns: dict | None = None,
     progress: bool = False,
     cond_stats: dict | None = None,
     mesh="auto",
+    moving_threshold: float = M.MOVING_THRESHOLD,
 ) -> dict:
     """Generate ``num_samples`` futures for each sequence of ``source`` and score them.
 
-    Returns numpy arrays: ``psnr`` and ``ssim`` ``[N, S, T_pred]``; ``copy_psnr`` and
-    ``copy_ssim`` ``[S, T_pred]`` (last context frame repeated); with ``keep_predictions`` also
-    ``pred`` (sample 0), ``target`` and ``context`` uint8 ``[S, T, 64, 64, 3]``.
+    Returns numpy arrays over the predicted frames ``T = n_eval - n_past``:
+
+    * ``psnr``, ``ssim``, ``psnr_moving`` ``[N, S, T]`` (``psnr_moving``: PSNR over the pixels
+      that differ from the last context frame by more than ``moving_threshold``; NaN for a
+      frame where none do) and ``moving_fraction`` ``[S, T]``;
+    * ``copy_psnr``, ``copy_ssim``, ``copy_psnr_moving`` ``[S, T]``: the last context frame repeated;
+    * with ``shuffled_permutation`` (sequence i gets the conditions of sequence
+      ``shuffled_permutation[i]``): ``shuffled_psnr``, ``shuffled_ssim``, ``shuffled_psnr_moving``
+      ``[S, T]``, one sample drawn with sample 0's key, so only the conditions differ;
+    * with ``posterior``: ``post_psnr``, ``post_ssim``, ``post_psnr_moving`` and ``post_kl``
+      ``[S, T]`` from the teacher-forced posterior pass (:func:`make_reconstruct_fn`);
+    * with ``keep_predictions``: ``pred`` (sample 0), ``target`` and ``context`` uint8 ``[S, T, 64, 64, 3]``.
+
     ``cond_stats`` (mean/std from the training split) standardises the conditions as in training.
-    ``cond_permutation`` reorders the conditions across sequences (the shuffled-condition test).
     The last batch is padded by repeating its last sequence; padded rows are dropped (with
-    ``bn_mode='batch_stats'`` the padding takes part in the batch statistics).
+    ``bn_mode='batch_stats'`` the padding takes part in the batch statistics).  ``fns`` reuses
+    the jitted functions of :func:`make_eval_fns` (validation every epoch compiles them once).
     ``mesh``: a :mod:`vp_jax.parallel` mesh to split each batch over, None for one device, or
     ``'auto'`` (all devices when more than one is visible; ``batch_size`` must split evenly).
     """
@@ -87,69 +102,131 @@ def predict_and_score(
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh, "eval.batch_size")
         params, batch_stats = parallel.replicate((params, batch_stats), mesh)
-    generate = generate_fn or make_generate_fn(config, num_samples=num_samples, bn_mode=bn_mode)
-    score = _make_scorer()
-    out = {k: [] for k in ("psnr", "ssim", "copy_psnr", "copy_ssim", "pred", "target", "context")}
+    fns = fns or make_eval_fns(config, num_samples, bn_mode)
+    score = _make_scorer(float(moving_threshold))
+    out = {}
+
+    def add(prefix, scores, keep):
+        """Append the first ``keep`` sequences of each named array (axis -2 is the sequence)."""
+        for name, value in scores.items():
+            out.setdefault(prefix + name, []).append(np.asarray(value)[..., :keep, :])
+
+    def conditions(idx):
+        cond = np.asarray(source.cond[idx, :n_eval], dtype=np.float32)
+        if cond_stats is not None:
+            cond = (cond - cond_stats["mean"]) / cond_stats["std"]
+        return cond[..., : config.model.cond_dim]
+
     spans = _batches(len(source), batch_size, max_batches)
     for i, (lo, hi) in enumerate(tqdm(spans, desc="generate", disable=not progress, leave=False)):
         idx = np.arange(lo, lo + batch_size).clip(max=hi - 1)  # pad the last batch
-        frames = np.asarray(source.frames[idx, :n_eval])
-        cidx = idx if cond_permutation is None else cond_permutation[idx]
-        cond = np.asarray(source.cond[cidx, :n_eval], dtype=np.float32)
-        if cond_stats is not None:
-            cond = (cond - cond_stats["mean"]) / cond_stats["std"]
-        cond = cond[..., : config.model.cond_dim]
-        frames_in, cond_in = parallel.put_batch((frames, cond), mesh)
-        pred = generate(params, batch_stats, frames_in, cond_in, jax.random.fold_in(key, i))
-        target = frames[:, n_past:]
-        pred_u8, psnr, ssim = score(pred, target)
-        copy = np.broadcast_to(frames[:, n_past - 1 : n_past], target.shape)
-        _, copy_psnr, copy_ssim = score(jnp.asarray(copy, jnp.float32)[None] / 255.0, target)
         keep = hi - lo
-        out["psnr"].append(np.asarray(psnr)[:, :keep])
-        out["ssim"].append(np.asarray(ssim)[:, :keep])
-        out["copy_psnr"].append(np.asarray(copy_psnr)[0, :keep])
-        out["copy_ssim"].append(np.asarray(copy_ssim)[0, :keep])
+        frames = np.asarray(source.frames[idx, :n_eval])
+        target, reference = frames[:, n_past:], frames[:, n_past - 1]
+        batch_key = jax.random.fold_in(key, i)
+        frames_in, cond_in = parallel.put_batch((frames, conditions(idx)), mesh)
+        pred = fns["generate"](params, batch_stats, frames_in, cond_in, batch_key)
+        pred_u8, psnr, ssim, moving_psnr, moving = score(pred, target, reference)
+        add("", {"psnr": psnr, "ssim": ssim, "psnr_moving": moving_psnr}, keep)  # [N, B, T]
+        add("moving_", {"fraction": np.asarray(moving).mean(axis=(-2, -1))}, keep)
+        copy = jnp.asarray(np.broadcast_to(reference[:, None], target.shape), jnp.float32)[None] / 255.0
+        _, c_psnr, c_ssim, c_moving, _ = score(copy, target, reference)
+        add("copy_", {"psnr": c_psnr[0], "ssim": c_ssim[0], "psnr_moving": c_moving[0]}, keep)
+        if shuffled_permutation is not None:
+            (cond_sh,) = parallel.put_batch((conditions(shuffled_permutation[idx]),), mesh)
+            pred_sh = fns["generate_one"](params, batch_stats, frames_in, cond_sh, batch_key)
+            _, s_psnr, s_ssim, s_moving, _ = score(pred_sh, target, reference)
+            add("shuffled_", {"psnr": s_psnr[0], "ssim": s_ssim[0], "psnr_moving": s_moving[0]}, keep)
+        if posterior:
+            x_hat, kl = fns["reconstruct"](params, batch_stats, frames_in, cond_in, batch_key)
+            _, p_psnr, p_ssim, p_moving, _ = score(x_hat[None], target, reference)
+            add("post_", {"psnr": p_psnr[0], "ssim": p_ssim[0], "psnr_moving": p_moving[0], "kl": kl}, keep)
         if keep_predictions:
-            out["pred"].append(np.asarray(pred_u8[0, :keep]))
-            out["target"].append(target[:keep])
-            out["context"].append(frames[:keep, :n_past])
-    result = {}
-    for k, parts in out.items():
-        if parts:
-            result[k] = np.concatenate(parts, axis=1 if k in ("psnr", "ssim") else 0)
-    return result
+            out.setdefault("pred", []).append(np.asarray(pred_u8[0, :keep]))
+            out.setdefault("target", []).append(target[:keep])
+            out.setdefault("context", []).append(frames[:keep, :n_past])
+    return {k: np.concatenate(parts, axis=1 if k in ("psnr", "ssim", "psnr_moving") else 0) for k, parts in out.items()}
 
 
-def summarize(scores: dict, shuffled: dict | None = None) -> dict:
-    """The ``metrics.json`` numbers from :func:`predict_and_score` outputs."""
-    psnr, ssim = scores["psnr"], scores["ssim"]  # [N, S, T]
-    summary = {
-        "psnr": float(psnr[0].mean()),
-        "psnr_per_frame": psnr[0].mean(axis=0).tolist(),
-        "ssim": float(ssim[0].mean()),
-        "ssim_per_frame": ssim[0].mean(axis=0).tolist(),
-        "baseline_copy_last": {
-            "psnr": float(scores["copy_psnr"].mean()),
-            "psnr_per_frame": scores["copy_psnr"].mean(axis=0).tolist(),
-            "ssim": float(scores["copy_ssim"].mean()),
-            "ssim_per_frame": scores["copy_ssim"].mean(axis=0).tolist(),
-        },
-        "num_sequences": int(psnr.shape[1]),
-        "num_samples": int(psnr.shape[0]),
-    }
-    if psnr.shape[0] > 1:
-        for name, values in (("psnr", psnr), ("ssim", ssim)):
-            bm = M.best_and_mean_of_n(values)
-            summary.setdefault("best_of_n", {})[name] = float(np.mean(bm["best_per_frame"]))
-            summary["best_of_n"][f"{name}_per_frame"] = np.asarray(bm["best_per_frame"]).tolist()
-            summary.setdefault("mean_of_n", {})[name] = float(np.mean(bm["mean_per_frame"]))
-            summary["mean_of_n"][f"{name}_per_frame"] = np.asarray(bm["mean_per_frame"]).tolist()
-    if shuffled is not None:
-        summary["shuffled_condition"] = {
-            "psnr": float(shuffled["psnr"][0].mean()),
-            "ssim": float(shuffled["ssim"][0].mean()),
+def moving_threshold(config) -> float:
+    """``config.eval.moving_threshold`` (configs written before it existed: the default)."""
+    return float(config.eval.get("moving_threshold", M.MOVING_THRESHOLD))
+
+
+def make_eval_fns(config, num_samples: int = 1, bn_mode: str = "inference") -> dict:
+    """The jitted functions :func:`predict_and_score` calls: ``generate`` (``num_samples``
+    samples), ``generate_one`` (one sample, for the shuffled-condition pass) and ``reconstruct``."""
+    from vp_jax.generation import make_reconstruct_fn
+
+    generate = make_generate_fn(config, num_samples=num_samples, bn_mode=bn_mode)
+    one = generate if num_samples == 1 else make_generate_fn(config, num_samples=1, bn_mode=bn_mode)
+    return {"generate": generate, "generate_one": one, "reconstruct": make_reconstruct_fn(config, bn_mode)}
+
+
+def _nanmean(x, axis=None):
+    """Mean ignoring NaN (frames without moving pixels); NaN when everything is NaN, no warning."""
+    x = np.asarray(x, np.float64)
+    count = np.sum(~np.isnan(x), axis=axis)
+    total = np.nansum(x, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def _floats(values) -> list:
+    """A per-frame curve for JSON: NaN (no score) becomes null."""
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]
+
+
+def _scalar(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def summarize(scores: dict, moving_threshold: float = M.MOVING_THRESHOLD) -> dict:
+    """The ``metrics.json`` numbers from :func:`predict_and_score` outputs.
+
+    Every PSNR/SSIM is the mean over sequences and predicted frames of the per-frame score (the
+    lab metric); ``psnr_moving`` averages only the frames that have moving pixels.
+    ``action_sensitivity_db`` = model PSNR - PSNR with the conditions shuffled across sequences:
+    how much the true actions/positions help (about 0 for a model that ignores them).
+    """
+    psnr, ssim, moving = scores["psnr"], scores["ssim"], scores["psnr_moving"]  # [N, S, T]
+
+    def block(p, s, m):
+        return {
+            "psnr": _scalar(np.mean(p)), "ssim": _scalar(np.mean(s)), "psnr_moving": _scalar(_nanmean(m)),
+            "psnr_per_frame": _floats(np.mean(p, axis=0)), "ssim_per_frame": _floats(np.mean(s, axis=0)),
+            "psnr_moving_per_frame": _floats(_nanmean(m, axis=0)),
         }
+
+    summary = block(psnr[0], ssim[0], moving[0])
+    summary["moving_threshold"] = float(moving_threshold)
+    summary["moving_fraction"] = _scalar(np.mean(scores["moving_fraction"]))
+    summary["baseline_copy_last"] = block(scores["copy_psnr"], scores["copy_ssim"], scores["copy_psnr_moving"])
+    summary["num_sequences"] = int(psnr.shape[1])
+    summary["num_samples"] = int(psnr.shape[0])
+    if psnr.shape[0] > 1:
+        best, mean = {}, {}
+        for name, values in (("psnr", psnr), ("ssim", ssim), ("psnr_moving", moving)):
+            bm = M.best_and_mean_of_n(values)
+            best[name], mean[name] = _scalar(bm["best"]), _scalar(bm["mean"])
+            best[f"{name}_per_frame"], mean[f"{name}_per_frame"] = _floats(bm["best_curve"]), _floats(bm["mean_curve"])
+        summary["best_of_n"], summary["mean_of_n"] = best, mean
+        summary["best_minus_mean_db"] = {
+            k: _scalar(best[k] - mean[k]) if best[k] is not None and mean[k] is not None else None
+            for k in ("psnr", "psnr_moving")
+        }
+    if "shuffled_psnr" in scores:
+        summary["shuffled_condition"] = block(scores["shuffled_psnr"], scores["shuffled_ssim"], scores["shuffled_psnr_moving"])
+        summary["action_sensitivity_db"] = _scalar(summary["psnr"] - summary["shuffled_condition"]["psnr"])
+        sh_moving = summary["shuffled_condition"]["psnr_moving"]
+        summary["action_sensitivity_moving_db"] = (
+            None if summary["psnr_moving"] is None or sh_moving is None else _scalar(summary["psnr_moving"] - sh_moving)
+        )
+    if "post_psnr" in scores:
+        summary["posterior"] = block(scores["post_psnr"], scores["post_ssim"], scores["post_psnr_moving"])
+        summary["posterior"]["kl"] = _scalar(np.mean(scores["post_kl"]))  # nats per predicted frame
+        summary["posterior"]["kl_per_frame"] = _floats(np.mean(scores["post_kl"], axis=0))
     return summary
 
 
@@ -180,19 +257,38 @@ def derangement(n: int, seed: int) -> np.ndarray:
 
 
 def _table(summary: dict) -> str:
-    rows = [("model", summary["psnr"], summary["ssim"])]
+    """The table eval.py prints: PSNR, SSIM and moving-pixel PSNR of every row it has."""
+    rows = [("model", summary)]
     if "best_of_n" in summary:
-        rows.append((f"best of {summary['num_samples']}", summary["best_of_n"]["psnr"], summary["best_of_n"]["ssim"]))
-        rows.append((f"mean of {summary['num_samples']}", summary["mean_of_n"]["psnr"], summary["mean_of_n"]["ssim"]))
-    base = summary["baseline_copy_last"]
-    rows.append(("copy last context frame", base["psnr"], base["ssim"]))
+        rows.append((f"best of {summary['num_samples']}", summary["best_of_n"]))
+        rows.append((f"mean of {summary['num_samples']}", summary["mean_of_n"]))
+    rows.append(("copy last context frame", summary["baseline_copy_last"]))
     if "shuffled_condition" in summary:
-        sh = summary["shuffled_condition"]
-        rows.append(("model, shuffled conditions", sh["psnr"], sh["ssim"]))
+        rows.append(("model, shuffled conditions", summary["shuffled_condition"]))
+    if "posterior" in summary:
+        rows.append(("posterior (teacher forced)", summary["posterior"]))
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=["", "PSNR (dB)", "SSIM"]).set_index("")
-    return frame.to_string(float_format=lambda v: f"{v:.3f}")
+    frame = pd.DataFrame(
+        [(name, r.get("psnr"), r.get("ssim"), r.get("psnr_moving")) for name, r in rows],
+        columns=["", "PSNR (dB)", "SSIM", "PSNR moving (dB)"],
+    ).set_index("")
+    lines = [frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")]
+    if summary.get("action_sensitivity_db") is not None:
+        moving = summary.get("action_sensitivity_moving_db")
+        lines.append(f"action sensitivity: {summary['action_sensitivity_db']:+.3f} dB"
+                     + ("" if moving is None else f" ({moving:+.3f} dB on moving pixels)")
+                     + "  (model - shuffled conditions)")
+    if "best_minus_mean_db" in summary:
+        d = summary["best_minus_mean_db"]
+        lines.append("best of N - mean of N: " + ", ".join(
+            f"{k} {v:+.3f} dB" for k, v in d.items() if v is not None))
+    if "posterior" in summary:
+        kl = " ".join(f"{v:.3g}" for v in summary["posterior"]["kl_per_frame"])
+        lines.append(f"KL(q || p) per predicted frame (nats): {kl}")
+    lines.append(f"moving pixels: {100 * (summary['moving_fraction'] or 0):.1f} % of the predicted frames "
+                 f"(|target - last context frame| > {summary['moving_threshold']:g} in any channel)")
+    return "\n".join(lines)
 
 
 def evaluate_workdir(
@@ -206,18 +302,13 @@ def evaluate_workdir(
 ) -> dict:
     """Restore a checkpoint of ``workdir`` and write ``DIR/eval/<split>/`` (see eval.py)."""
     from vp_jax import visualize
-    from vp_jax.config import load_config_json, model_config, validate
+    from vp_jax.config import load_workdir_config, model_config
     from vp_jax.data.pipeline import condition_stats, open_split
     from vp_jax.errors import VPError
     from vp_jax.training.checkpoints import CheckpointStore
     from vp_jax.training.state import create_train_state
 
-    if not os.path.isdir(workdir):
-        raise VPError(f"{workdir}: no such workdir")
-    config = load_config_json(os.path.join(workdir, "config.json"))
-    if data_root:
-        config.data.root = data_root
-    validate(config)
+    config = load_workdir_config(workdir, data_root)
     from vp_jax import parallel
 
     parallel.initialize_distributed(config)  # multi-host only; before any other JAX call
@@ -234,18 +325,14 @@ def evaluate_workdir(
     key = jax.random.fold_in(jax.random.key(config.seed), 7919)
 
     cond_stats = condition_stats(open_split(config.data, "train")) if config.data.normalize_condition else None
-    common = dict(bn_mode=bn_mode, batch_size=config.eval.batch_size, cond_stats=cond_stats)
+    threshold = moving_threshold(config)
     scores = predict_and_score(
-        config, state.params, state.batch_stats, source, key=key, num_samples=num_samples,
-        keep_predictions=True, progress=True, **common,
+        config, state.params, state.batch_stats, source, key=key, num_samples=num_samples, bn_mode=bn_mode,
+        batch_size=config.eval.batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
+        shuffled_permutation=derangement(len(source), config.seed) if model_cfg.cond_dim > 0 and len(source) > 1 else None,
+        posterior=True, moving_threshold=threshold,
     )
-    shuffled = None
-    if model_cfg.cond_dim > 0 and len(source) > 1:
-        shuffled = predict_and_score(
-            config, state.params, state.batch_stats, source, key=key, num_samples=1,
-            cond_permutation=derangement(len(source), config.seed), **common,
-        )
-    summary = summarize(scores, shuffled)
+    summary = summarize(scores, threshold)
     summary.update(
         checkpoint_step=int(state.step),
         checkpoint=str(checkpoint),
@@ -266,6 +353,9 @@ def evaluate_workdir(
         pred=scores["pred"], target=scores["target"], context=scores["context"],
     )
     visualize.plot_per_frame(summary, os.path.join(out_dir, "per_frame.png"))
+    shown = max(1, min(config.eval.num_gifs, len(scores["pred"])))
+    visualize.write_strip(scores["pred"][:shown], np.concatenate([scores["context"], scores["target"]], axis=1)[:shown],
+                          config.n_past, os.path.join(out_dir, "strip.png"))
     for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
         visualize.write_gif(
             np.concatenate([scores["context"][j], scores["pred"][j]]),
@@ -277,5 +367,5 @@ def evaluate_workdir(
           f"({checkpoint}), frames {config.n_past}..{config.n_eval - 1} predicted from {config.n_past}, "
           f"BatchNorm {bn_mode}")
     print(_table(summary))
-    print(f"wrote {out_dir}/metrics.json, predictions.npz, per_frame.png, gifs/")
+    print(f"wrote {out_dir}/metrics.json, predictions.npz, per_frame.png, strip.png, gifs/")
     return summary

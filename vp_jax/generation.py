@@ -32,7 +32,8 @@ def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn
       frames: ``[B, T, 64, 64, C]`` uint8 or float in [0, 1]; only the first ``n_past`` frames
         are read, ``T`` sets how many frames are predicted.
       cond: ``[B, T, cond_dim]`` (ignored, may be None, when ``cond_dim`` is 0).
-      key: PRNG key; sample i uses ``split(key, num_samples)[i]``.
+      key: PRNG key; sample i uses ``fold_in(key, i)``, so sample i is the same whatever
+        ``num_samples`` is (best-of-N includes the one-sample lab prediction).
 
     Returns float32 ``pred`` ``[num_samples, B, T - n_past, 64, 64, C]``: predictions of frames
     n_past .. T-1, one independent sample per key (``vmap`` over the sample keys).
@@ -92,7 +93,7 @@ def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn
                 h_in, skips_in = apply(ConditionalVAE.encode, x_prev, train, None)
                 prior_state, z, _, _ = apply(ConditionalVAE.infer_prior, states["prior"], h_in, key_t)
                 pred_state, g = apply(ConditionalVAE.predict, states["predictor"], h_in, z, c_t, train)
-                x_hat = apply(ConditionalVAE.decode, g, skips_in if fixed_skips is None else fixed_skips, train)
+                x_hat = apply(ConditionalVAE.decode, g, skips_in if fixed_skips is None else fixed_skips, train, c_t)
                 states = dict(states, predictor=pred_state, prior=prior_state)
                 return (states, x_hat), x_hat
 
@@ -100,6 +101,38 @@ def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn
             _, preds = jax.lax.scan(step, (states, context[n_past - 1]), xs)
             return jnp.swapaxes(preds, 0, 1)  # [B, T - n_past, H, W, C]
 
-        return jax.vmap(one_sample)(jax.random.split(key, num_samples))
+        sample_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
+        return jax.vmap(one_sample)(sample_keys)
 
     return jax.jit(generate)
+
+
+def make_reconstruct_fn(config: ml_collections.ConfigDict, bn_mode: str = "inference"):
+    """Jitted ``reconstruct(params, batch_stats, frames, cond, key) -> (x_hat, kl)``: the
+    posterior pass, teacher forced (the training rollout with every encoder input the ground
+    truth and z_t drawn from q(z_t | x_{<=t})), without updating anything.
+
+    ``frames`` ``[B, T, 64, 64, C]``, ``cond`` ``[B, T, cond_dim]``.  Returns float32 ``x_hat``
+    ``[B, T - n_past, 64, 64, C]`` (frames n_past .. T-1 as the decoder reconstructs them when
+    the latent sees the target) and ``kl`` ``[B, T - n_past]`` (KL(q || p) of those frames,
+    summed over the latent dimensions).  Beside the prior rollout of :func:`make_generate_fn`
+    it tells which part is weak: a poor reconstruction is the decoder's (or the data's), a
+    good reconstruction with a poor rollout is the prior's, the conditions' or exposure bias.
+    """
+    from vp_jax.training.step import rollout_teacher_forced
+
+    if bn_mode not in BN_MODES:
+        raise ConfigError(f"bn_mode = {bn_mode!r}: expected one of {BN_MODES}")
+    cfg = model_config(config)
+    n_past = int(config.n_past)
+    check_n_past(cfg, n_past)
+
+    def reconstruct(params, batch_stats, frames, cond, key):
+        outputs, _ = rollout_teacher_forced(
+            params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past, train=bn_mode == "batch_stats"
+        )
+        x_hat = jnp.swapaxes(outputs["x_hat"][n_past - 1 :], 0, 1)
+        kl = jnp.swapaxes(outputs["kl_per_sample"][n_past - 1 :], 0, 1)
+        return x_hat, kl
+
+    return jax.jit(reconstruct)

@@ -59,6 +59,37 @@ def psnr_per_frame(pred, target, data_range: float = 1.0):
     return jnp.mean(psnr_c, axis=-1)
 
 
+#: A pixel "moves" when the target frame differs from the last context frame by more than this
+#: in any channel (values in [0, 1]; 0.05 = 12.75 of 255 grey levels).
+MOVING_THRESHOLD = 0.05
+
+
+def moving_mask(target, reference, threshold: float = MOVING_THRESHOLD, data_range: float = 1.0):
+    """Bool ``[..., T, H, W]``: pixels of ``target [..., T, H, W, C]`` that differ from
+    ``reference [..., H, W, C]`` (the last context frame) by more than ``threshold * data_range``
+    in any channel -- the pixels where "nothing moves" (copying the reference) is wrong."""
+    target = jnp.asarray(target, jnp.float32)
+    reference = jnp.asarray(reference, jnp.float32)[..., None, :, :, :]
+    return jnp.any(jnp.abs(target - reference) > threshold * data_range, axis=-1)
+
+
+def psnr_masked_per_frame(pred, target, mask, data_range: float = 1.0):
+    """Per-frame PSNR over the pixels of ``mask [..., T, H, W]`` only: ``[..., T]`` in dB.
+
+    As :func:`psnr_per_frame` with the channel MSE taken over the masked pixels
+    (``MSE_c = sum_mask err_c^2 / |mask|``), so an all-True mask gives exactly
+    :func:`psnr_per_frame`.  A frame with an empty mask has no score: NaN.
+    """
+    pred = jnp.asarray(pred, jnp.float32)
+    target = jnp.asarray(target, jnp.float32)
+    m = jnp.asarray(mask, jnp.float32)[..., None]
+    count = jnp.sum(m, axis=(-3, -2))  # [..., T, 1]
+    mse = jnp.sum(jnp.square(pred - target) * m, axis=(-3, -2)) / jnp.maximum(count, 1.0)  # [..., T, C]
+    floor = data_range**2 * 10.0 ** (-PSNR_CAP / 10.0)
+    psnr = jnp.mean(10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, floor)), axis=-1)
+    return jnp.where(count[..., 0] > 0, psnr, jnp.nan)
+
+
 def gaussian_window(size: int = SSIM_WIN, sigma: float = SSIM_SIGMA) -> np.ndarray:
     """The normalised 1-D Gaussian taps (as ``scipy.ndimage`` with radius ``size // 2``)."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
@@ -121,7 +152,8 @@ def best_and_mean_of_n(per_frame_scores, higher_is_better: bool = True) -> dict:
 
     For every sequence ``b`` the best sample is the one with the best *mean over frames*
     score; its whole per-frame curve is reported (not the frame-wise maximum over samples,
-    which would mix samples).  The choice is made **per metric**: call this once for PSNR and
+    which would mix samples).  NaN entries (frames without a score, e.g. no moving pixels) are
+    left out of every mean.  The choice is made **per metric**: call this once for PSNR and
     once for SSIM; the two may pick different samples, as in the SVG paper.  The mean-of-N
     average over samples is reported beside it.
 
@@ -134,18 +166,19 @@ def best_and_mean_of_n(per_frame_scores, higher_is_better: bool = True) -> dict:
     s = jnp.asarray(per_frame_scores, jnp.float32)
     if s.ndim != 3:
         raise ValueError(f"best_and_mean_of_n: expected [N, B, T] scores, got shape {s.shape}")
-    per_sample = jnp.mean(s, axis=-1)  # [N, B]
+    per_sample = jnp.nanmean(s, axis=-1)  # [N, B]
+    per_sample = jnp.where(jnp.isnan(per_sample), -jnp.inf if higher_is_better else jnp.inf, per_sample)
     idx = jnp.argmax(per_sample, axis=0) if higher_is_better else jnp.argmin(per_sample, axis=0)
     best = jnp.take_along_axis(s, idx[None, :, None], axis=0)[0]  # [B, T]
-    mean = jnp.mean(s, axis=0)  # [B, T]
+    mean = jnp.nanmean(s, axis=0)  # [B, T]
     return {
         "best_index": idx.astype(jnp.int32),
         "best_per_frame": best,
         "mean_per_frame": mean,
-        "best_curve": jnp.mean(best, axis=0),
-        "mean_curve": jnp.mean(mean, axis=0),
-        "best": jnp.mean(best),
-        "mean": jnp.mean(mean),
+        "best_curve": jnp.nanmean(best, axis=0),
+        "mean_curve": jnp.nanmean(mean, axis=0),
+        "best": jnp.nanmean(best),
+        "mean": jnp.nanmean(mean),
     }
 
 

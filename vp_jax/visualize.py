@@ -37,18 +37,24 @@ def _atomic_path(path: str, suffix: str):
     return tmp
 
 
-def _save_fig(fig, path: str) -> str:
-    tmp = _atomic_path(path, ".png")
+def _write_atomically(path: str, suffix: str, write) -> str:
+    """``write(tmp)`` into a temporary sibling of ``path``, renamed to ``path`` when complete."""
+    tmp = _atomic_path(path, suffix)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def _save_fig(fig, path: str) -> str:
+    try:
+        return _write_atomically(path, ".png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -104,12 +110,12 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
       where they span more than a factor 20): early in training the KL rises while the MSE
       falls, which one shared axis would hide.
     * ``schedules.png``: KL weight β and teacher-forcing ratio tfr (top), learning rate (bottom).
-    * ``val_psnr.png``: validation PSNR at the epochs that ran validation (NaN rows skipped;
-      a run without any validation yet gets a panel saying so).
+    * ``val_psnr.png``: validation PSNR at the epochs that ran validation (NaN rows skipped; a
+      run without any validation yet gets a panel saying so), beside the moving-pixel PSNR, the
+      posterior reconstruction and copy-last when the CSV has them; below, the action sensitivity.
 
     The x axis is the epoch when the CSV has one row per epoch, the step otherwise.  Columns
-    other than step, epoch, loss, mse, kl, beta, tfr, lr, val_psnr are ignored; missing ones
-    are left out of the plots.
+    other than those named above are ignored; missing ones are left out of the plots.
     """
     df = read_metrics_csv(metrics_csv_path)
     x = _x_axis(df)
@@ -147,8 +153,9 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
     fig.suptitle("schedules")
     written.append(_save_fig(fig, os.path.join(out_dir, "schedules.png")))
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if _plot_series(ax, df, x, "val_psnr", color="tab:blue", label="validation PSNR"):
+    fig, axes = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    ax = axes[0]
+    if _plot_series(ax, df, x, "val_psnr", color="tab:blue", label="model (all pixels)"):
         d = df[[x, "val_psnr"]].dropna()
         i = d["val_psnr"].idxmax()
         ax.annotate(
@@ -159,12 +166,26 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
             ha="center",
             fontsize=8,
         )
+        for col, label, style in (
+            ("val_psnr_moving", "model, moving pixels", dict(color="tab:red")),
+            ("val_posterior_psnr", "posterior reconstruction", dict(color="tab:green", ls="-.")),
+            ("val_copy_psnr", "copy last context frame", dict(color="gray", ls="--")),
+        ):
+            _plot_series(ax, df, x, col, label=label, **style)
+        ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no validation PSNR yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(x)
     ax.set_ylabel("PSNR (dB)")
     ax.grid(True, alpha=0.3)
     ax.set_title("validation PSNR")
+    ax = axes[1]
+    if not _plot_series(ax, df, x, "val_action_sensitivity_db", color="tab:purple"):
+        ax.text(0.5, 0.5, "no action sensitivity yet", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_ylabel("PSNR true - shuffled\nconditions (dB)")
+    ax.set_xlabel(x)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("action sensitivity")
     written.append(_save_fig(fig, os.path.join(out_dir, "val_psnr.png")))
     return written
 
@@ -176,11 +197,13 @@ _CURVE_STYLE = {
     "best_of_n": dict(color="tab:green", lw=2),
     "mean_of_n": dict(color="tab:olive", lw=1.5, ls="-."),
     "baseline_copy_last": dict(color="gray", lw=1.5, ls="--"),
+    "shuffled_condition": dict(color="tab:purple", lw=1.5, ls=":"),
+    "posterior": dict(color="tab:red", lw=1.5, ls="-."),
 }
 
 
 def _curves(metrics: dict, metric: str) -> dict:
-    """label -> 1-D per-frame array for ``metric`` ('psnr' or 'ssim')."""
+    """label -> 1-D per-frame array for ``metric`` ('psnr', 'psnr_moving' or 'ssim'); null -> NaN."""
     key = f"{metric}_per_frame"
     out = {}
     if key in metrics:
@@ -190,7 +213,7 @@ def _curves(metrics: dict, metric: str) -> dict:
             out[name] = value[key]
     res = {}
     for name, v in out.items():
-        v = np.asarray(v, dtype=float)
+        v = np.array([np.nan if e is None else e for e in np.ravel(v)] if np.ndim(v) == 1 else v, dtype=float)
         if v.ndim > 1:  # [B, T] or [N, B, T]: average over everything but frames
             v = v.reshape(-1, v.shape[-1]).mean(axis=0)
         res[name] = v
@@ -198,23 +221,24 @@ def _curves(metrics: dict, metric: str) -> dict:
 
 
 def plot_per_frame(metrics: dict, path: str, n_past: int | None = None) -> str:
-    """Per-frame PSNR and SSIM curves (two panels) written to ``path`` (PNG).
+    """Per-frame PSNR, moving-pixel PSNR and SSIM curves (three panels) written to ``path`` (PNG).
 
     ``metrics`` layout (what ``evaluation.py`` writes to ``metrics.json``)::
 
         {"n_past": 2,                                   # x axis starts at frame n_past
-         "psnr_per_frame": [T], "ssim_per_frame": [T],  # optional: the model (label "model")
-         "model":              {"psnr_per_frame": [T], "ssim_per_frame": [T]},
-         "baseline_copy_last": {...}, "best_of_n": {...}, "mean_of_n": {...}}   # optional
+         "psnr_per_frame": [T], "psnr_moving_per_frame": [T], "ssim_per_frame": [T],  # the model
+         "baseline_copy_last": {...}, "shuffled_condition": {...}, "posterior": {...},
+         "best_of_n": {...}, "mean_of_n": {...}}   # optional
 
-    Every top-level dict holding ``psnr_per_frame`` / ``ssim_per_frame`` becomes one curve
+    Every top-level dict holding ``<metric>_per_frame`` becomes one curve
     labelled with its key; multi-dimensional values are averaged down to ``[T]``.  A metric
     that no entry has gets an empty panel with a note.  The first plotted frame index is the
     ``n_past`` argument, else ``metrics["n_past"]``, else 0.
     """
     n_past = int(metrics.get("n_past", 0) if n_past is None else n_past)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, unit in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    panels = ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "psnr_moving", "PSNR on moving pixels (dB)"), (axes[2], "ssim", "SSIM"))
+    for ax, metric, unit in panels:
         curves = _curves(metrics, metric)
         for name, v in curves.items():
             frames = np.arange(n_past, n_past + len(v))
@@ -227,7 +251,7 @@ def plot_per_frame(metrics: dict, path: str, n_past: int | None = None) -> str:
         ax.set_xlabel("frame index (predicted frames)")
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
-        ax.set_title(f"{metric.upper()} per frame")
+        ax.set_title(unit.split(" (")[0] + " per frame")
     return _save_fig(fig, path)
 
 
@@ -341,15 +365,9 @@ def compose_frames(pred, target, n_past: int, *, context=None, scale: int = 2, b
 def _write_gif_frames(frames: np.ndarray, path: str, fps: float) -> str:
     import imageio.v2 as imageio
 
-    tmp = _atomic_path(path, ".gif")
-    try:
-        imageio.mimsave(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return _write_atomically(
+        path, ".gif", lambda tmp: imageio.mimsave(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+    )
 
 
 def write_gif(pred, target, n_past: int, path: str, fps: float = 4, context=None, *,
@@ -380,3 +398,30 @@ def write_gif_grid(preds, targets, n_past: int, path: str, fps: float = 4, conte
         context = np.asarray(context)[:max_rows]
     frames = compose_frames(preds, targets, n_past, context=context, scale=scale, labels=labels)
     return _write_gif_frames(frames, path, fps)
+
+
+def write_strip(pred, target, n_past: int, path: str, context=None, *, scale: int = 2, gap: int = 2) -> str:
+    """Write sequences as one still PNG: for each sequence a row of ground-truth frames above a
+    row of predicted frames, time running left to right; context frames (``t < n_past``, the
+    same in both rows) framed green, predicted frames red.
+
+    ``pred`` / ``target`` / ``context`` as :func:`write_gif_grid` (``[B, T, H, W, 3]``, or the
+    ``T - n_past`` predicted frames only).  Frames are upscaled ``scale``x; the file is written
+    atomically.
+    """
+    from PIL import Image
+
+    pred, target = _full_sequences(np.asarray(pred), np.asarray(target), n_past,
+                                   None if context is None else np.asarray(context))
+    b, t, h, w, _ = target.shape
+    ph, pw = h * scale, w * scale
+    cell_h, cell_w = ph + 2 * gap, pw + 2 * gap
+    out = np.full((b * (2 * cell_h + 2 * gap), t * cell_w, 3), 255, np.uint8)
+    for r in range(b):
+        for row, src in enumerate((target, pred)):
+            oy = r * (2 * cell_h + 2 * gap) + row * cell_h
+            for k in range(t):
+                ox = k * cell_w
+                out[oy : oy + cell_h, ox : ox + cell_w] = CONTEXT_COLOR if k < n_past else PRED_COLOR
+                out[oy + gap : oy + gap + ph, ox + gap : ox + gap + pw] = src[r, k].repeat(scale, 0).repeat(scale, 1)
+    return _write_atomically(path, ".png", lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))

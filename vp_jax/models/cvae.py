@@ -52,8 +52,12 @@ class ConditionalVAE(nn.Module):
         c = self.cfg
         dtype = jnp.dtype(c.dtype)
         bn = dict(bn_momentum=c.bn_momentum, bn_eps=c.bn_eps, dtype=dtype)
-        self.encoder = Encoder(tuple(c.enc_widths), c.g_dim, **bn)
-        self.decoder = Decoder(tuple(c.enc_widths), c.channels, **bn)
+        composite = c.output == "composite"
+        self.encoder = Encoder(tuple(c.enc_widths), c.g_dim, **bn, return_input=composite)
+        self.decoder = Decoder(
+            tuple(c.enc_widths), c.channels, **bn, cond_channels=c.decoder_cond, cond_hidden=c.decoder_cond_hidden,
+            composite=composite,
+        )
         self.frame_predictor = LSTMStack(
             c.rnn_size,
             c.predictor_layers,
@@ -76,18 +80,23 @@ class ConditionalVAE(nn.Module):
         """
         return self.encoder(x, train=train, time_axis=time_axis)
 
-    def decode(self, g: jax.Array, skips, train: bool):
-        """``g`` ``[B, g_dim]``, skips of one encoder pass -> frame ``[B, 64, 64, C]`` float32 in (0, 1)."""
-        return self.decoder(g, skips, train=train)
+    def decode(self, g: jax.Array, skips, train: bool, cond: jax.Array | None = None):
+        """``g`` ``[B, g_dim]``, skips of one encoder pass, the frame's condition ``cond``
+        ``[B, cond_dim]`` (read only with ``cfg.decoder_cond``) -> frame ``[B, 64, 64, C]`` float32 in (0, 1)."""
+        return self.decoder(g, skips, train=train, cond=self._decoder_cond(cond))
 
-    def decode_steps(self, g: jax.Array, skips, skip_index, train: bool):
+    def decode_steps(self, g: jax.Array, skips, skip_index, train: bool, cond: jax.Array | None = None):
         """All steps at once: ``g`` ``[T, B, g_dim]`` (time-major), skips ``[U, B, H, W, C]`` of
-        the U distinct skip frames, ``skip_index`` (static, T entries) -> ``[T, B, 64, 64, C]``.
+        the U distinct skip frames, ``skip_index`` (static, T entries), ``cond`` ``[T, B, cond_dim]``
+        -> ``[T, B, 64, 64, C]``.
 
         BatchNorm statistics per time step, running statistics updated in time order: the same
         as T calls of :meth:`decode`.
         """
-        return self.decoder(g, skips, train=train, time_axis=0, skip_index=tuple(skip_index))
+        return self.decoder(g, skips, train=train, time_axis=0, skip_index=tuple(skip_index), cond=self._decoder_cond(cond))
+
+    def _decoder_cond(self, cond):
+        return cond.astype(jnp.float32) if self.cfg.decoder_cond else None
 
     def predict(self, state, h: jax.Array, z: jax.Array, cond: jax.Array | None, train: bool):
         """Frame predictor on ``[h_{t-1}, z_t, c_t]``: -> (new state, g_t ``[B, g_dim]``).
@@ -126,7 +135,7 @@ class ConditionalVAE(nn.Module):
         _, z, _, _ = self.infer_posterior(state["posterior"], h_target, key)
         self.infer_prior(state["prior"], h_prev, None)
         _, g = self.predict(state["predictor"], h_prev, z, cond, train)
-        return self.decode(g, skips, train)
+        return self.decode(g, skips, train, cond)
 
 
 def _dummy_inputs(cfg: ModelConfig, batch_size: int = 1):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vp_jax.models.condition import ConditionField
 from vp_jax.models.layers import (
     SAME_3X3,
     BatchNorm,
@@ -21,11 +22,16 @@ from vp_jax.models.layers import (
     Dtype,
     VGGLayer,
     max_pool_2x2,
+    take_steps,
     upsample_nearest_2x,
 )
 
 #: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
 ENCODER_STAGE_DEPTHS = (2, 2, 3, 3)
+#: the condition field feeds the decoder stages up to this size (8, 16, 32): at 64 pixels it
+#: would cost as much as the three smaller stages together, and the 32-pixel stage already
+#: places things to within two pixels.
+FIELD_MAX_SIZE = 32
 
 
 def _default_time_axis(x: jax.Array, base_ndim: int, time_axis):
@@ -40,7 +46,8 @@ class Encoder(nn.Module):
 
     Skips (pre-pool stage outputs): ``[..., 64, 64, w1]``, ``[..., 32, 32, w2]``,
     ``[..., 16, 16, w3]``, ``[..., 8, 8, w4]``.  The last stage is a 4x4 VALID conv to
-    ``g_dim`` -> BatchNorm -> tanh.
+    ``g_dim`` -> BatchNorm -> tanh.  With ``return_input`` the input frame itself (float32) comes
+    first in the skip tuple: the pixels a compositing decoder copies (:class:`Decoder`).
     """
 
     widths: Sequence[int] = (64, 128, 256, 512)
@@ -48,13 +55,14 @@ class Encoder(nn.Module):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    return_input: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, time_axis="auto"):
         """``x``: ``[B, H, W, C]`` or ``[B, T, H, W, C]`` (``time_axis`` 'auto' -> 1, or an int, or None)."""
         time_axis = _default_time_axis(x, 4, time_axis)
         bn = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
-        skips = []
+        skips = [x.astype(jnp.float32)] if self.return_input else []
         for stage, (width, depth) in enumerate(zip(self.widths, ENCODER_STAGE_DEPTHS)):
             if stage > 0:
                 x = max_pool_2x2(x)
@@ -77,6 +85,15 @@ class Decoder(nn.Module):
     pixels: nearest x2 upsample, concat ``[upsampled, skip]`` on channels, vgg_layers
     ``(w4, w4, w3)``, ``(w3, w3, w2)``, ``(w2, w1)``, ``(w1,)``; last a 3x3 transposed conv
     (stride 1, pad 1) to ``channels`` and a sigmoid.
+
+    Two optional pathways (both off in the SVG/lab model):
+
+    * ``cond_channels > 0``: a :class:`~vp_jax.models.condition.ConditionField` of the frame's
+      condition ``cond`` is concatenated to the upsampled input of the stages at 8, 16 and 32 pixels.
+    * ``composite``: ``skips[0]`` is the skip frame's pixels (``Encoder(return_input=True)``); the
+      last conv gives one more channel, a mask logit m, and the output is
+      ``sigmoid(m) * rgb + (1 - sigmoid(m)) * skips[0]``: the decoder paints only what changes
+      and copies the rest from the frame whose skips it has (as CDNA/SAVP's compositing).
     """
 
     widths: Sequence[int] = (64, 128, 256, 512)
@@ -84,10 +101,16 @@ class Decoder(nn.Module):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    cond_channels: int = 0
+    cond_hidden: int = 32
+    composite: bool = False
 
     @nn.compact
-    def __call__(self, g: jax.Array, skips: Sequence[jax.Array], *, train: bool, time_axis="auto", skip_index=None):
+    def __call__(
+        self, g: jax.Array, skips: Sequence[jax.Array], *, train: bool, time_axis="auto", skip_index=None, cond=None
+    ):
         """``g``: ``[B, g_dim]`` or ``[B, T, g_dim]``; returns float32 ``[B, (T,) 64, 64, channels]``.
+        ``cond``: ``g``'s leading shape + ``[cond_dim]`` (only with ``cond_channels``).
 
         Time-major steps with shared skips: ``g`` ``[T, B, g_dim]`` with ``time_axis=0``, skips
         ``[U, B, H, W, C]`` and ``skip_index`` a static tuple of T entries (step t uses skip
@@ -97,6 +120,16 @@ class Decoder(nn.Module):
         if skip_index is not None and time_axis != 0:
             raise ValueError("Decoder: skip_index needs time-major input (time_axis=0)")
         time_axis = _default_time_axis(g, 2, time_axis)
+        skips = tuple(skips)
+        if self.composite:
+            reference, skips = skips[0], skips[1:]
+            if skip_index is not None and tuple(skip_index) != tuple(range(reference.shape[0])):
+                reference = take_steps(reference, tuple(int(i) for i in skip_index))
+        field = None
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError("Decoder: cond_channels > 0 needs the condition (cond)")
+            field = ConditionField(self.cond_channels, self.cond_hidden, name="cond_field")
         w1, w2, w3, w4 = self.widths
         bn = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
         x = g.reshape(g.shape[:-1] + (1, 1, g.shape[-1]))
@@ -108,8 +141,10 @@ class Decoder(nn.Module):
         x = nn.leaky_relu(x, negative_slope=0.2)
         # Stages at 8, 16, 32, 64 pixels: each consumes the encoder skip of the same size.
         stage_widths = ((w4, w4, w3), (w3, w3, w2), (w2, w1), (w1,))
-        for stage, (skip, outs) in enumerate(zip(reversed(tuple(skips)), stage_widths)):
+        for stage, (skip, outs) in enumerate(zip(reversed(skips), stage_widths)):
             x = upsample_nearest_2x(x)
+            if field is not None and x.shape[-2] <= FIELD_MAX_SIZE:
+                x = jnp.concatenate([x, field(cond, x.shape[-2]).astype(x.dtype)], axis=-1)
             # concat([x, skip]) feeds the first vgg_layer; SkipConcatConv never builds it.
             for i, width in enumerate(outs):
                 x = VGGLayer(width, **bn, name=f"upc{stage + 2}_{i}")(
@@ -119,5 +154,9 @@ class Decoder(nn.Module):
                     skip=skip if i == 0 else None,
                     skip_index=skip_index if i == 0 else None,
                 )
-        x = Conv(self.channels, (3, 3), SAME_3X3, self.dtype, name="upc5_out")(x)  # = ConvTranspose SAME
-        return nn.sigmoid(x.astype(jnp.float32))
+        out = self.channels + (1 if self.composite else 0)
+        x = Conv(out, (3, 3), SAME_3X3, self.dtype, name="upc5_out")(x).astype(jnp.float32)  # = ConvTranspose SAME
+        if not self.composite:
+            return nn.sigmoid(x)
+        mask = nn.sigmoid(x[..., self.channels :])
+        return mask * nn.sigmoid(x[..., : self.channels]) + (1.0 - mask) * reference

@@ -4,7 +4,8 @@ A workdir after training::
 
     DIR/config.json            the config of the run (resuming checks the new one against it)
     DIR/metrics.csv            one row per epoch (step, epoch, loss, mse, kl, beta, tfr, lr,
-                               val_psnr, seconds, rss_mb)
+                               val_psnr, val_psnr_moving, val_action_sensitivity_db,
+                               val_posterior_psnr, val_copy_psnr, seconds, rss_mb)
     DIR/plots/*.png            loss/MSE/KL, schedules, validation PSNR (refreshed every epoch)
     DIR/gifs/epoch_XXX.gif     validation predictions beside ground truth
     DIR/checkpoints/{latest,best}/<step>/   orbax checkpoints (see checkpoints.py)
@@ -16,6 +17,7 @@ would have.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import math
 import os
@@ -31,19 +33,21 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vp_jax import parallel, visualize
-from vp_jax.config import load_config_json, model_config, save_config_json, validate
+from vp_jax.config import ModelConfig, load_config_json, model_config, save_config_json, validate
 from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
 from vp_jax.errors import ConfigError, VPError
-from vp_jax.evaluation import predict_and_score
-from vp_jax.generation import make_generate_fn
+from vp_jax.evaluation import derangement, make_eval_fns, moving_threshold, predict_and_score, summarize
 from vp_jax.training.checkpoints import CheckpointStore, has_checkpoints
 from vp_jax.training.state import create_train_state
 from vp_jax.training.step import make_train_step
 
-METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "seconds", "rss_mb"]
+VAL_COLUMNS = ["val_psnr", "val_psnr_moving", "val_action_sensitivity_db", "val_posterior_psnr", "val_copy_psnr"]
+METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", *VAL_COLUMNS, "seconds", "rss_mb"]
 STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
 # Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
 RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.")
+# Training fields that configs gained later, with the value a workdir without them was trained with.
+ADDED_FIELDS = {"train.kl.free_bits": 0.0}
 
 
 class TrainingStopped(VPError):
@@ -72,6 +76,10 @@ def _flatten(d, prefix=""):
 def check_same_run(saved, config) -> None:
     """Refuse to resume a workdir with a config that would train something else."""
     old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    # Fields added after the workdir was written: it was trained with their defaults.
+    defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)}
+    defaults.update(ADDED_FIELDS)
+    old.update({k: defaults[k] for k in new if k not in old and k in defaults})
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES):
             raise ConfigError(
@@ -141,9 +149,15 @@ def prepare_workdir(config, workdir: str):
         check_same_run(load_config_json(saved_path), config)
 
 
-def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, cond_stats=None, mesh=None) -> dict:
-    """Lab metric on (part of) the validation split; returns scores (and a few predictions)."""
-    return predict_and_score(
+def validate_model(config, state, source, fns, key, *, keep: int = 0, cond_stats=None, mesh=None) -> tuple[dict, dict]:
+    """The evaluation measures on (part of) the validation split: ``(row values, scores)``.
+
+    Row values (``VAL_COLUMNS``): the lab metric, its moving-pixel PSNR, the action sensitivity
+    (PSNR with the true minus shuffled conditions), the teacher-forced posterior PSNR and the
+    copy-last-frame PSNR of the same sequences.
+    """
+    n = len(source) if not config.eval.num_val_batches else min(len(source), config.eval.num_val_batches * config.eval.batch_size)
+    scores = predict_and_score(
         config,
         state.params,
         state.batch_stats,
@@ -151,11 +165,28 @@ def validate_model(config, state, source, generate_fn, key, *, keep: int = 0, co
         key=key,
         batch_size=config.eval.batch_size,
         max_batches=config.eval.num_val_batches,
+        shuffled_permutation=derangement(n, config.seed) if config.model.cond_dim and n > 1 else None,
+        posterior=True,
         keep_predictions=keep > 0,
-        generate_fn=generate_fn,
+        fns=fns,
         cond_stats=cond_stats,
         mesh=mesh,
+        moving_threshold=moving_threshold(config),
     )
+    summary = summarize(scores, moving_threshold(config))
+    nan = float("nan")
+
+    def value(v):
+        return nan if v is None else float(v)
+
+    row = {
+        "val_psnr": value(summary["psnr"]),
+        "val_psnr_moving": value(summary["psnr_moving"]),
+        "val_action_sensitivity_db": value(summary.get("action_sensitivity_db")),
+        "val_posterior_psnr": value(summary["posterior"]["psnr"]),
+        "val_copy_psnr": value(summary["baseline_copy_last"]["psnr"]),
+    }
+    return row, scores
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -242,7 +273,7 @@ def _train(config, workdir: str) -> dict:
         os.makedirs(gifs_dir, exist_ok=True)
 
         train_step = make_train_step(config)
-        generate_fn = make_generate_fn(config, num_samples=1, bn_mode=config.eval.bn_mode)
+        eval_fns = make_eval_fns(config, num_samples=1, bn_mode=config.eval.bn_mode)
         epoch_size, max_bad = config.train.epoch_size, config.train.max_nonfinite
         row = history.iloc[-1].to_dict() if len(history) else {}
         bad_in_a_row = 0  # consecutive skipped (non-finite) updates; carried across epochs
@@ -305,14 +336,14 @@ def _train(config, workdir: str) -> dict:
 
                 count = sums["count"]
                 row = {k: (sums[k] / count if count else float("nan")) for k in STEP_METRICS}
-                row.update(step=int(state.step), epoch=epoch, val_psnr=float("nan"))
+                row.update(step=int(state.step), epoch=epoch, **{k: float("nan") for k in VAL_COLUMNS})
                 last = epoch == config.train.niter - 1
                 if (epoch + 1) % config.eval.every_epochs == 0 or last:
-                    scores = validate_model(
-                        config, state, val_src, generate_fn, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats,
+                    val_row, scores = validate_model(
+                        config, state, val_src, eval_fns, val_key, keep=config.eval.num_gifs, cond_stats=cond_stats,
                         mesh=mesh,
                     )
-                    row["val_psnr"] = float(scores["psnr"][0].mean())
+                    row.update(val_row)
                     for j in range(min(config.eval.num_gifs, len(scores["pred"])) if main else 0):
                         frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
                         frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
@@ -332,7 +363,11 @@ def _train(config, workdir: str) -> dict:
                 if main:
                     _write_csv(history, metrics_path)
                     visualize.plot_training_curves(metrics_path, plots_dir)
-                val = "" if math.isnan(row["val_psnr"]) else f"  val_psnr {row['val_psnr']:.2f} dB"
+                val = "" if math.isnan(row["val_psnr"]) else (
+                    f"  val_psnr {row['val_psnr']:.2f} dB (moving {row['val_psnr_moving']:.2f}, copy-last "
+                    f"{row['val_copy_psnr']:.2f}, posterior {row['val_posterior_psnr']:.2f}, action sensitivity "
+                    f"{row['val_action_sensitivity_db']:+.2f})"
+                )
                 tqdm.write(
                     f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
                     f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)"

@@ -76,6 +76,29 @@ def kl_standard_normal(mu, logvar) -> jax.Array:
     return -0.5 * (1.0 + logvar - jnp.square(mu) - jnp.exp(logvar))
 
 
+def kl_terms(cfg: ModelConfig, mu_q, lv_q, mu_p, lv_p) -> dict:
+    """The KL of one step from ``[B, z_dim]`` Gaussians: ``kl`` (summed over dimensions, averaged
+    over the batch), ``kl_per_sample`` ``[B]``, and two ``[z_dim]`` batch means of equal value that
+    free bits need apart: ``kl_per_dim`` with the prior held fixed (``stop_gradient``: the
+    posterior's part) and ``kl_prior_per_dim`` with the posterior held fixed (the learned prior's
+    part; zeros for the fixed prior)."""
+    sg = jax.lax.stop_gradient
+    if cfg.learned_prior:
+        kl = kl_diagonal_gaussians(mu_q, lv_q, mu_p, lv_p)
+        kl_posterior = kl_diagonal_gaussians(mu_q, lv_q, sg(mu_p), sg(lv_p))
+        kl_prior = kl_diagonal_gaussians(sg(mu_q), sg(lv_q), mu_p, lv_p)
+    else:
+        kl = kl_posterior = kl_standard_normal(mu_q, lv_q)
+        kl_prior = jnp.zeros_like(kl)
+    kl_per_sample = jnp.sum(kl, axis=-1)
+    return {
+        "kl": jnp.sum(kl_per_sample) / kl.shape[0],
+        "kl_per_sample": kl_per_sample,
+        "kl_per_dim": jnp.mean(kl_posterior, axis=0),
+        "kl_prior_per_dim": jnp.mean(kl_prior, axis=0),
+    }
+
+
 def teacher_forcing_mask(key: jax.Array, tfr, batch_size: int, num_frames: int, n_past: int, mode: str) -> jax.Array:
     """Bool ``[B, T]``: True where the encoder input at step t is the ground truth x_{t-1}.
 
@@ -112,7 +135,10 @@ def rollout(
       t = 1 .. T-1: ``x_hat`` ``[T-1, B, 64, 64, C]`` (predictions), ``g`` ``[T-1, B, g_dim]``
       (predictor outputs), ``encoder_input`` ``[T-1, B, 64, 64, C]`` (the frames whose encoding
       fed step t), ``reencoded`` bool ``[T-1]`` (the encoder ran inside the scan), ``mse``
-      ``[T-1]`` and ``kl`` ``[T-1]`` (per-step loss terms).  Unused outputs cost nothing under jit.
+      ``[T-1]`` and ``kl`` ``[T-1]`` (per-step loss terms), ``kl_per_sample`` ``[T-1, B]`` (KL
+      summed over the latent dimensions), ``kl_per_dim`` and ``kl_prior_per_dim``
+      ``[T-1, z_dim]`` (KL averaged over the batch, its sum over dimensions is ``kl``; see
+      :func:`kl_terms`).  Unused outputs cost nothing under jit.
     """
     cfg = model_cfg
     model = ConditionalVAE(cfg)
@@ -177,14 +203,9 @@ def rollout(
         )
         (prior_state, _, mu_p, lv_p), bs = apply(bs, ConditionalVAE.infer_prior, states["prior"], h_in, None)
         (pred_state, g), bs = apply(bs, ConditionalVAE.predict, states["predictor"], h_in, z, xs["cond"], train)
-        x_hat, bs = apply(bs, ConditionalVAE.decode, g, skips, train)
+        x_hat, bs = apply(bs, ConditionalVAE.decode, g, skips, train, xs["cond"])
 
         mse = jnp.mean(jnp.square(x_hat - xs["x_target"]))
-        if cfg.learned_prior:
-            kl = kl_diagonal_gaussians(mu_q, lv_q, mu_p, lv_p)
-        else:
-            kl = kl_standard_normal(mu_q, lv_q)
-        kl = jnp.sum(kl) / batch
         new_states = {"predictor": pred_state, "posterior": post_state, "prior": prior_state}
         out = {
             "x_hat": x_hat,
@@ -192,7 +213,7 @@ def rollout(
             "encoder_input": x_in,
             "reencoded": jnp.logical_not(all_teacher_forced),
             "mse": mse,
-            "kl": kl,
+            **kl_terms(cfg, mu_q, lv_q, mu_p, lv_p),
         }
         return (new_states, x_hat, bs), out
 
@@ -247,14 +268,10 @@ def rollout_teacher_forced(params, batch_stats, frames, cond, key, *, model_cfg:
         )
         (prior_state, _, mu_p, lv_p), bs = apply(bs, ConditionalVAE.infer_prior, states["prior"], xs["h_prev"], None)
         (pred_state, g), bs = apply(bs, ConditionalVAE.predict, states["predictor"], xs["h_prev"], z, xs["cond"], train)
-        if cfg.learned_prior:
-            kl = kl_diagonal_gaussians(mu_q, lv_q, mu_p, lv_p)
-        else:
-            kl = kl_standard_normal(mu_q, lv_q)
         new_states = {"predictor": pred_state, "posterior": post_state, "prior": prior_state}
-        return (new_states, bs), (g, jnp.sum(kl) / batch)
+        return (new_states, bs), (g, kl_terms(cfg, mu_q, lv_q, mu_p, lv_p))
 
-    (_, bs), (g, kl) = jax.lax.scan(step, (initial_state(cfg, batch), bs), xs)
+    (_, bs), (g, kls) = jax.lax.scan(step, (initial_state(cfg, batch), bs), xs)
 
     index = skip_frame_indices(cfg.skip_frame, n_past, num_frames)
     frames_used = sorted(set(index))
@@ -264,7 +281,7 @@ def rollout_teacher_forced(params, batch_stats, frames, cond, key, *, model_cfg:
     else:
         skips = tuple(jnp.stack([s[i] for i in frames_used]) for s in skips_gt)
     local = tuple(frames_used.index(i) for i in index)
-    x_hat, bs = apply(bs, ConditionalVAE.decode_steps, g, skips, local, train)
+    x_hat, bs = apply(bs, ConditionalVAE.decode_steps, g, skips, local, train, xs["cond"])
     mse = jnp.mean(jnp.square(x_hat - x_tm[1:]), axis=(1, 2, 3, 4))
     outputs = {
         "x_hat": x_hat,
@@ -272,19 +289,29 @@ def rollout_teacher_forced(params, batch_stats, frames, cond, key, *, model_cfg:
         "encoder_input": x_tm[:-1],
         "reencoded": jnp.zeros((num_frames - 1,), bool),
         "mse": mse,
-        "kl": kl,
+        **kls,
     }
     return outputs, bs
 
 
 def rollout_loss(
-    params, batch_stats, frames, cond, tf_mask, key, beta, *, model_cfg: ModelConfig, n_past: int, unroll=None
+    params, batch_stats, frames, cond, tf_mask, key, beta, *, model_cfg: ModelConfig, n_past: int, unroll=None,
+    free_bits: float = 0.0,
 ):
     """The optimised objective: ``sum_t mse_t + beta * sum_t KL_t`` over t = 1 .. T-1.
 
+    With ``free_bits`` = lambda > 0 the KL term is ``sum_t sum_d max(KL_{t,d}, lambda)``, where
+    ``KL_{t,d}`` is the KL of latent dimension d at step t averaged over the batch (Kingma et al.
+    2016): the first lambda nats of every dimension are free, so the posterior is not pushed all
+    the way onto the prior and the latent keeps carrying information (a remedy for KL collapse).
+    The clamp holds back the posterior only: a learned prior gets the plain KL's gradient at every
+    value, so that it keeps learning where the posterior puts z (otherwise, below lambda, nothing
+    would train it and samples at test time would come from an untrained prior).
+
     Returns ``(loss, (metrics, new_batch_stats))``; metrics: ``loss`` (the sum above), ``mse`` and
-    ``kl`` (means over the T-1 steps).  Arguments as :func:`rollout`; ``beta`` may be traced.
-    ``tf_mask=None`` means all True and runs :func:`rollout_teacher_forced` (same numbers, faster).
+    ``kl`` (means over the T-1 steps; ``kl`` is the true KL, free bits or not).  Arguments as
+    :func:`rollout`; ``beta`` may be traced.  ``tf_mask=None`` means all True and runs
+    :func:`rollout_teacher_forced` (same numbers, faster).
     """
     if tf_mask is None:  # every encoder input is the ground truth: the cheaper, equivalent rollout
         outputs, new_batch_stats = rollout_teacher_forced(
@@ -294,7 +321,15 @@ def rollout_loss(
         outputs, new_batch_stats = rollout(
             params, batch_stats, frames, cond, tf_mask, key, model_cfg=model_cfg, n_past=n_past, train=True, unroll=unroll
         )
-    loss = jnp.sum(outputs["mse"]) + beta * jnp.sum(outputs["kl"])
+    if free_bits > 0:
+        # Only the posterior's part is clamped at lambda nats a dimension: a learned prior keeps
+        # following the posterior below lambda too (its gradient is the plain KL's; the added
+        # term is 0 in value, so the loss is still sum max(KL, lambda)).
+        kl_prior = outputs["kl_prior_per_dim"]
+        kl_term = jnp.sum(jnp.maximum(outputs["kl_per_dim"], free_bits)) + jnp.sum(kl_prior - jax.lax.stop_gradient(kl_prior))
+    else:
+        kl_term = jnp.sum(outputs["kl"])
+    loss = jnp.sum(outputs["mse"]) + beta * kl_term
     metrics = {"loss": loss, "mse": jnp.mean(outputs["mse"]), "kl": jnp.mean(outputs["kl"])}
     return loss, (metrics, new_batch_stats)
 
@@ -331,8 +366,9 @@ def make_train_step(config: ml_collections.ConfigDict, unroll=None):
     beta_fn = kl_beta_schedule(config)
     tfr_fn = teacher_forcing_schedule(config)
     teacher_forced_only = always_teacher_forced(config)
+    free_bits = float(config.train.kl.get("free_bits", 0.0))
     loss_and_grad = jax.value_and_grad(
-        functools.partial(rollout_loss, model_cfg=cfg, n_past=n_past, unroll=unroll), has_aux=True
+        functools.partial(rollout_loss, model_cfg=cfg, n_past=n_past, unroll=unroll, free_bits=free_bits), has_aux=True
     )
 
     def step(state: TrainState, batch: dict, key: jax.Array):
