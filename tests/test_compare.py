@@ -65,6 +65,7 @@ def test_table_names_only_the_differing_setting(two_runs, tmp_path):
     assert list(table["best_val_psnr"]) == [24.5, 23.25]
     assert list(table["best_epoch"]) == [2, 3]
     assert list(table["final_loss"]) == [0.031, 0.042]
+    assert list(table["epochs"]) == [4, 4]  # epochs run (metrics.csv counts from 0)
     assert iio.imread(out).ndim == 3
 
 

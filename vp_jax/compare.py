@@ -113,7 +113,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             row[name] = float(df.loc[i, col]) if i is not None and col in df.columns else float("nan")
         loss = df["loss"].dropna() if "loss" in df.columns else pd.Series(dtype=float)
         row["final_loss"] = float(loss.iloc[-1]) if len(loss) else float("nan")
-        row["epochs"] = int(df["epoch"].max()) if df["epoch"].notna().any() else pd.NA
+        row["epochs"] = int(df["epoch"].max()) + 1 if df["epoch"].notna().any() else pd.NA  # epochs are 0-based
         for k in diff:
             v = r["config"].get(k, "<missing>")
             row[k] = str(v) if isinstance(v, tuple) else v
