@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +55,20 @@ def test_torch_reference_counts_the_lab_model():
     records = run_json("benchmarks/torch_reference.py", "--batch", "2", "--steps", "1", "--pattern", "encode_once")
     assert [r["parameters"] for r in records] == [22_833_795]
     assert math.isfinite(records[0]["loss"]) and records[0]["device"] == "cpu"
+
+
+def test_latent_bound_benchmark(capsys):
+    """Best of N minus mean of N is >= 0 and shrinks as the error floor rises; scoring the truth
+    itself as every sample (no hidden friction) gains nothing."""
+    spec = importlib.util.spec_from_file_location("latent_bound", os.path.join(ROOT, "benchmarks", "latent_bound.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--sequences", "12", "--samples", "3", "--floors", "21.8", "30", "inf"])
+    r = json.loads(capsys.readouterr().out)
+    gains = [r["by_floor"][k]["best_minus_mean_moving_db"] for k in ("21.8", "30.0", "inf")]
+    assert 0.0 <= gains[0] <= gains[1] <= gains[2] and gains[2] > 0.0, r
+    assert 0.0 < r["fraction_of_sequences_with_any_difference"] < 1.0
+    target = np.random.default_rng(0).random((4, 8, 8, 3))
+    mask = np.ones((4, 8, 8), bool)
+    psnr = mod.frame_psnr(target, target, mask, 10 ** (-3.0))
+    np.testing.assert_allclose(psnr, 30.0, rtol=1e-9)  # only the floor's error is left

@@ -179,3 +179,32 @@ def test_cli_generates_and_refuses_a_foreign_folder(tmp_path):
     (foreign / "notes.txt").write_text("mine")
     proc = run_module("vp_jax.data.pushbot", "--out", str(foreign), "--train", "2")
     assert_one_line_error(proc, str(foreign))
+
+
+def test_with_slip_replays_the_objects_under_the_same_conditions():
+    """Same friction: the same episode; other friction: the robot is unchanged and pushed objects
+    end up elsewhere, the first one pushed further for a larger slip."""
+    pushed = 0
+    for i in range(16):
+        ep = pushbot.simulate(pushbot.sequence_rng(SEED, "train", i))
+        same = pushbot.with_slip(ep, ep.obj_slip)
+        for name in ("obj_pos", "touched", "moved", "positions", "actions", "opening"):
+            np.testing.assert_array_equal(getattr(same, name), getattr(ep, name), err_msg=name)
+        k = len(ep.obj_radius)
+        low, high = pushbot.with_slip(ep, np.zeros(k)), pushbot.with_slip(ep, np.full(k, pushbot.SLIP_MAX))
+        for other in (low, high):
+            np.testing.assert_array_equal(other.positions, ep.positions)
+            np.testing.assert_array_equal(other.opening, ep.opening)
+            still = ~other.moved.any(axis=0)  # objects that never move stay where they started
+            np.testing.assert_array_equal(other.obj_pos[:, still], np.broadcast_to(ep.obj_pos[0, still], other.obj_pos[:, still].shape))
+        if ep.touched.any() and not np.array_equal(low.obj_pos, high.obj_pos):
+            pushed += 1
+            # The first push moves the object further with more slip (nothing else moved before it).
+            t = int(np.argmax(ep.touched.any(axis=1)))
+            j = int(np.argmax(ep.touched[t]))
+            d_low = np.linalg.norm(low.obj_pos[t, j] - ep.obj_pos[0, j])
+            d_high = np.linalg.norm(high.obj_pos[t, j] - ep.obj_pos[0, j])
+            assert d_high >= d_low - 1e-12, i
+    assert pushed >= 8
+    with pytest.raises(ValueError, match="one value per object"):
+        pushbot.with_slip(ep, np.zeros(k + 1))

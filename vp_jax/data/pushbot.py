@@ -81,6 +81,7 @@ STEP = 0.05  # world units per frame for an action of 1
 ACTION_NOISE = 0.05  # std of the execution noise, in action units
 Z_CONTACT = 0.05  # the gripper pushes only below this height
 GRIP_RADIUS = 0.045  # footprint radius for pushing (world units)
+SLIP_MAX = 0.8  # hidden per-object friction: a pushed object slides on by U(0, SLIP_MAX) x the step
 
 SHAPES = ("disc", "square", "triangle")
 
@@ -255,7 +256,7 @@ def simulate(rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> Episode:
         [_hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.55, 0.95)) for _ in range(k)]
     )
     angle = rng.uniform(0, 2 * np.pi, size=k)
-    slip = rng.uniform(0.0, 0.8, size=k)  # hidden friction: low friction slides further
+    slip = rng.uniform(0.0, SLIP_MAX, size=k)  # hidden friction: low friction slides further
     table = dict(
         hue=rng.random(),
         sat=rng.uniform(0.05, 0.35),
@@ -289,6 +290,33 @@ def simulate(rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> Episode:
         opening[t + 1] = a[3]
         p = new_p
     return Episode(positions, actions, opening, obj_pos, touched, moved, shapes, radius, colours, angle, slip, table)
+
+
+def with_slip(ep: Episode, slip) -> Episode:
+    """The episode replayed with other hidden frictions ``slip [K]``: same conditions, other future.
+
+    The gripper's executed positions, the actions and the finger opening are kept; the objects
+    are moved again from their start positions by the same contact rule (:func:`_resolve_contacts`).
+    With ``slip = ep.obj_slip`` this returns ``ep``'s object trajectory exactly. The set of such
+    replays is what a model given the conditions cannot tell apart: the futures its latent has to
+    cover (``benchmarks/latent_bound.py``).
+    """
+    slip = np.asarray(slip, np.float64)
+    k = len(ep.obj_radius)
+    if slip.shape != (k,):
+        raise ValueError(f"with_slip: slip must hold one value per object, shape ({k},); got {slip.shape}")
+    num_frames = len(ep.positions)
+    obj = ep.obj_pos[0].copy()
+    obj_pos = np.zeros_like(ep.obj_pos)
+    touched = np.zeros_like(ep.touched)
+    moved = np.zeros_like(ep.moved)
+    obj_pos[0] = obj
+    for t in range(num_frames - 1):
+        p, new_p = ep.positions[t], ep.positions[t + 1]
+        obj = obj.copy()
+        touched[t + 1], moved[t + 1] = _resolve_contacts(obj, ep.obj_radius, slip, p[:2], new_p[:2], new_p[2] < Z_CONTACT)
+        obj_pos[t + 1] = obj
+    return dataclasses.replace(ep, obj_pos=obj_pos, touched=touched, moved=moved, obj_slip=slip)
 
 
 # ----------------------------------------------------------------------------- rendering
