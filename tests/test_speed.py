@@ -2,7 +2,7 @@
 
 * ``max_pool_2x2`` (reshape + max, own backward) == ``nn.max_pool``, gradients included, with ties;
 * ``SkipConcatConv`` == ``nn.Conv`` on ``concat([x, skip])``: same parameters, same outputs;
-* ``rollout_teacher_forced`` (decoder outside the scan, skip convolutions shared over steps) ==
+* ``rollout`` without a mask (decoder outside the scan, skip convolutions shared over steps) ==
   ``rollout`` with an all-True teacher-forcing mask: loss terms, gradients, BatchNorm statistics,
   for every ``skip_frame`` mode;
 * the train step takes the fast path only where it is exact.
@@ -19,6 +19,8 @@ from flax import linen as nn
 
 from vp_jax.config import load_config_file, model_config
 from vp_jax.models.layers import SkipConcatConv, max_pool_2x2, weight_init
+from vp_jax.losses import step_terms
+from vp_jax.models.rollout import rollout
 from vp_jax.training import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,11 +96,12 @@ def test_teacher_forced_rollout_equals_scan_rollout(tiny_config, tiny_variables,
 
         grad = jax.value_and_grad(loss, has_aux=True)
         ref = grad(params, jnp.ones((B, T), bool))  # the general scan rollout, all teacher forced
-        new = grad(params, None)  # rollout_teacher_forced
-        out_ref, _ = step_lib.rollout(
-            params, batch_stats, frames, cond, jnp.ones((B, T), bool), key, model_cfg=cfg, n_past=n_past, unroll=1
+        new = grad(params, None)  # the teacher-forced path
+        out_ref, _ = rollout(
+            params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past, tf_mask=jnp.ones((B, T), bool), unroll=1
         )
-        out_new, _ = step_lib.rollout_teacher_forced(params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past)
+        out_new, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past)
+        out_ref, out_new = (dict(o, **step_terms(cfg, o)) for o in (out_ref, out_new))
         return ref, new, out_ref, out_new
 
     ref, new, out_ref, out_new = fast_jit(both)(variables["params"], variables["batch_stats"], frames, cond, key)

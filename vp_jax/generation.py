@@ -1,12 +1,9 @@
-"""Autoregressive prediction: n_past context frames in, T - n_past predicted frames out.
+"""Autoregressive prediction and teacher-forced reconstruction, jitted for evaluation.
 
-As the original's ``generate`` / the lab's ``pred`` (spec §4), with teacher forcing off:
-
-* context steps t = 1 .. n_past-1: the posterior runs on the ground-truth encoding h_t to warm
-  up the LSTMs (its sample feeds the predictor), the learned prior runs on h_{t-1} to warm up its
-  own LSTM; no frame is decoded (the next input is the ground truth);
-* prediction steps t = n_past .. T-1: the encoder sees x_{n_past-1} then the model's own
-  predictions, z_t comes from the learned prior (or N(0, I)), x̂_t = dec(g_t, skip).
+Prediction (:func:`make_generate_fn`) is :func:`vp_jax.models.rollout.generate`: as the
+original's ``generate`` / the lab's ``pred`` (spec §4), n_past context frames in, T - n_past
+predicted frames out, z from the prior, the encoder fed the model's own predictions.
+Reconstruction (:func:`make_reconstruct_fn`) is the training rollout's posterior pass.
 
 BatchNorm (``bn_mode``): 'inference' uses the running statistics (what the lab evaluates);
 'batch_stats' uses the statistics of each batch the networks see, without keeping any update
@@ -20,9 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from vp_jax.config import BN_MODES, model_config
-from vp_jax.errors import ConfigError, DataError
-from vp_jax.models.cvae import ConditionalVAE, check_cond, check_n_past, initial_state
-from vp_jax.training.step import frames_to_float
+from vp_jax.errors import ConfigError
+from vp_jax.losses import kl_terms
+from vp_jax.models.cvae import check_n_past
+from vp_jax.models.rollout import generate as generate_frames
+from vp_jax.models.rollout import rollout
 
 
 def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn_mode: str = "inference"):
@@ -46,63 +45,10 @@ def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn
     n_past = int(config.n_past)
     check_n_past(cfg, n_past)
     train = bn_mode == "batch_stats"  # batch statistics: BatchNorm in training mode, updates dropped
-    model = ConditionalVAE(cfg)
 
     def generate(params, batch_stats, frames, cond, key):
-        batch, num_frames = frames.shape[:2]
-        if num_frames <= n_past:
-            raise DataError(f"frames of shape {tuple(frames.shape)}: need more than n_past = {n_past} frames")
-        cond = check_cond(cfg, cond, batch, num_frames)
-        cond_tm = None if cond is None else jnp.swapaxes(cond, 0, 1)  # [T, B, C]
-        variables = {"params": params, "batch_stats": batch_stats}
-
-        def apply(method, *args):
-            if train:
-                out, _ = model.apply(variables, *args, method=method, mutable=["batch_stats"])
-                return out
-            return model.apply(variables, *args, method=method)
-
-        context = jnp.swapaxes(frames_to_float(frames[:, :n_past]), 0, 1)  # [n_past, B, H, W, C]
-        # Context frames encoded once (per-step BatchNorm statistics in 'batch_stats' mode): the
-        # encoding does not depend on the sample, so it stays outside the vmap over samples.
-        h_ctx, skips_ctx = apply(ConditionalVAE.encode, context, train, 0)
-        if cfg.skip_frame == "original":
-            fixed_skips = tuple(s[n_past - 2] for s in skips_ctx)  # the original's x_{n_past-2}
-        elif cfg.skip_frame == "last_context":
-            fixed_skips = tuple(s[n_past - 1] for s in skips_ctx)
-        else:
-            fixed_skips = None
-
-        def cond_at(t):
-            return None if cond_tm is None else cond_tm[t]
-
-        def one_sample(sample_key):
-            keys = jax.random.split(sample_key, num_frames - 1)  # keys[t-1] for step t
-            states = initial_state(cfg, batch)
-            for t in range(1, n_past):  # context: warm up the LSTMs on the ground truth
-                h_in = h_ctx[t - 1]
-                states["posterior"], z, _, _ = apply(
-                    ConditionalVAE.infer_posterior, states["posterior"], h_ctx[t], keys[t - 1]
-                )
-                states["prior"], _, _, _ = apply(ConditionalVAE.infer_prior, states["prior"], h_in, None)
-                states["predictor"], _ = apply(ConditionalVAE.predict, states["predictor"], h_in, z, cond_at(t), train)
-
-            def step(carry, xs):
-                states, x_prev = carry
-                key_t, c_t = xs
-                h_in, skips_in = apply(ConditionalVAE.encode, x_prev, train, None)
-                prior_state, z, _, _ = apply(ConditionalVAE.infer_prior, states["prior"], h_in, key_t)
-                pred_state, g = apply(ConditionalVAE.predict, states["predictor"], h_in, z, c_t, train)
-                x_hat = apply(ConditionalVAE.decode, g, skips_in if fixed_skips is None else fixed_skips, train, c_t)
-                states = dict(states, predictor=pred_state, prior=prior_state)
-                return (states, x_hat), x_hat
-
-            xs = (keys[n_past - 1 :], None if cond_tm is None else cond_tm[n_past:])
-            _, preds = jax.lax.scan(step, (states, context[n_past - 1]), xs)
-            return jnp.swapaxes(preds, 0, 1)  # [B, T - n_past, H, W, C]
-
-        sample_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
-        return jax.vmap(one_sample)(sample_keys)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
+        return generate_frames(params, batch_stats, frames, cond, keys, model_cfg=cfg, n_past=n_past, train=train)
 
     return jax.jit(generate)
 
@@ -119,8 +65,6 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, bn_mode: str = "infer
     it tells which part is weak: a poor reconstruction is the decoder's (or the data's), a
     good reconstruction with a poor rollout is the prior's, the conditions' or exposure bias.
     """
-    from vp_jax.training.step import rollout_teacher_forced
-
     if bn_mode not in BN_MODES:
         raise ConfigError(f"bn_mode = {bn_mode!r}: expected one of {BN_MODES}")
     cfg = model_config(config)
@@ -128,11 +72,9 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, bn_mode: str = "infer
     check_n_past(cfg, n_past)
 
     def reconstruct(params, batch_stats, frames, cond, key):
-        outputs, _ = rollout_teacher_forced(
-            params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past, train=bn_mode == "batch_stats"
-        )
+        outputs, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past, train=bn_mode == "batch_stats")
         x_hat = jnp.swapaxes(outputs["x_hat"][n_past - 1 :], 0, 1)
-        kl = jnp.swapaxes(outputs["kl_per_sample"][n_past - 1 :], 0, 1)
+        kl = jnp.swapaxes(kl_terms(cfg, outputs["q"], outputs["p"])["kl_per_sample"][n_past - 1 :], 0, 1)
         return x_hat, kl
 
     return jax.jit(reconstruct)

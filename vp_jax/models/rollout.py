@@ -1,0 +1,263 @@
+"""The model run over frames: the one rollout that training, reconstruction and generation share.
+
+One frame step t (spec §3)::
+
+    h_{t-1}, skip = encode(x_{t-1}, or x̂_{t-1} when not teacher forced)
+    z_t           ~ q(z | h_t)  (posterior, h_t = encode(x_t))   or   p(z | h_{t-1})  (prior)
+    g_t           = predict([h_{t-1}, z_t, c_t])
+    x̂_t           = decode(g_t, skip)
+
+* :func:`rollout` -- the posterior pass of training (and of the teacher-forced reconstruction):
+  z_t from q, every ground-truth frame encoded once; with a teacher-forcing mask the encoder
+  re-encodes, inside the ``lax.scan``, only the steps where some sample gets its own prediction;
+  without a mask (every input the ground truth) only the LSTMs run in the scan and the decoder
+  runs once on all steps after it (same numbers, about 2x faster on a CPU).
+* :func:`generate` -- prediction: the context frames warm up the LSTMs (posterior on the ground
+  truth), then z_t from the prior and the encoder fed the model's own predictions.
+
+Both return the Gaussians of q and p per step; the losses (:mod:`vp_jax.losses`) turn them into
+the KL. Which frame's encoder skips the decoder gets is :func:`skip_source`, one rule for all.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vp_jax.config import ModelConfig
+from vp_jax.errors import DataError
+from vp_jax.models.cvae import ConditionalVAE, check_cond, check_n_past, initial_state
+
+
+def default_unroll():
+    """``lax.scan`` unroll of the rollout: fully unrolled on CPU, a rolled loop elsewhere.
+
+    XLA:CPU runs convolution *gradients* inside a while loop 10-30x slower than the same
+    convolutions outside one (jax-ml/jax#12868; measured here: 10.4 s vs 0.7 s per step of a
+    model with widths (16, 32, 64, 64)); unrolling the T-1 steps costs compile time only.
+    """
+    return True if jax.default_backend() == "cpu" else 1
+
+
+def frames_to_float(frames: jax.Array) -> jax.Array:
+    """uint8 frames in [0, 255] -> float32 in [0, 1] (on device); float input is cast to float32."""
+    if frames.dtype == jnp.uint8:
+        return frames.astype(jnp.float32) / 255.0
+    return frames.astype(jnp.float32)
+
+
+def skip_source(skip_frame: str, n_past: int) -> int | None:
+    """The context frame whose encoder skips feed the decoder from step ``n_past`` on, or None
+    for 'every_step' (the skips of each step's own input frame).
+
+    'last_context' (the paper): x_{n_past-1}. 'original': x_{n_past-2} -- the original code
+    keeps the skips of its last context-step encoder pass, made at step n_past-1 on x_{n_past-2}
+    (an off-by-one relative to the paper). Before step n_past every rule uses the step's input.
+    """
+    return {"original": n_past - 2, "last_context": n_past - 1}.get(skip_frame)
+
+
+def skip_frame_indices(skip_frame: str, n_past: int, num_frames: int) -> tuple[int, ...]:
+    """For steps t = 1 .. T-1 the frame whose skips feed the decoder when every encoder input is
+    the ground truth: x_{t-1} during the context, then :func:`skip_source`."""
+    fixed = skip_source(skip_frame, n_past)
+    return tuple(t - 1 if (t < n_past or fixed is None) else fixed for t in range(1, num_frames))
+
+
+def _bind(cfg: ModelConfig, params, train: bool):
+    """``apply(batch_stats, method, *args) -> (out, batch_stats)``: one call of a model method;
+    in training mode BatchNorm uses batch statistics and the updated running statistics come back."""
+    model = ConditionalVAE(cfg)
+
+    def apply(batch_stats, method, *args):
+        variables = {"params": params, "batch_stats": batch_stats}
+        if train:
+            out, updated = model.apply(variables, *args, method=method, mutable=["batch_stats"])
+            return out, updated["batch_stats"]
+        return model.apply(variables, *args, method=method), batch_stats
+
+    return apply
+
+
+def _inputs(cfg: ModelConfig, frames, cond, n_past: int):
+    """Frames as float in [0, 1] and the checked condition; one-line errors for bad shapes."""
+    x = frames_to_float(frames)
+    batch, num_frames = x.shape[:2]
+    if num_frames < 2 or not 1 <= n_past < num_frames:
+        raise DataError(f"frames of shape {tuple(frames.shape)}: need T >= 2 and 1 <= n_past ({n_past}) < T")
+    check_n_past(cfg, n_past)
+    return x, check_cond(cfg, cond, batch, num_frames)
+
+
+def rollout(
+    params, batch_stats, frames, cond, key, *, model_cfg: ModelConfig, n_past: int, tf_mask=None, train: bool = True,
+    unroll=None,
+):
+    """The posterior pass over a batch of sequences (training; teacher-forced reconstruction).
+
+    Args:
+      params, batch_stats: the model's variables.
+      frames: ``[B, T, 64, 64, C]`` uint8 or float in [0, 1].
+      cond: ``[B, T, cond_dim]`` (ignored, may be None, when ``cond_dim`` is 0).
+      key: PRNG key; split into one key per step for the posterior sample.
+      tf_mask: bool ``[B, T]``, True = the encoder input at step t is the ground truth x_{t-1}
+        (entries t < n_past are treated as True); None = all True, the cheaper equivalent path.
+      train: BatchNorm in training mode (batch statistics, running statistics updated).
+      unroll: ``lax.scan`` unroll of the masked path (None = :func:`default_unroll`); the result
+        does not depend on it.
+
+    Returns ``(outputs, new_batch_stats)``; ``outputs`` holds time-major arrays for steps
+    t = 1 .. T-1: ``x_hat`` ``[T-1, B, 64, 64, C]`` (predictions), ``target`` (the frames they
+    predict), ``g`` ``[T-1, B, g_dim]`` (predictor outputs), ``encoder_input`` (the frames whose
+    encoding fed step t), ``reencoded`` bool ``[T-1]`` (the encoder ran inside the scan), and
+    ``q`` / ``p``: (mean, log-variance) pairs ``[T-1, B, z_dim]`` of the posterior and the prior
+    (zeros for the fixed N(0, I) prior).
+    """
+    x, cond = _inputs(model_cfg, frames, cond, n_past)
+    x_tm = jnp.swapaxes(x, 0, 1)  # [T, B, H, W, C]: the scan walks the leading axis
+    cond_tm = None if cond is None else jnp.swapaxes(cond, 0, 1)[1:]  # c_t for step t
+    apply = _bind(model_cfg, params, train)
+    # Every ground-truth frame encoded once; time axis 0 -> per-step BatchNorm statistics.
+    (h_gt, skips_gt), bs = apply(batch_stats, ConditionalVAE.encode, x_tm, train, 0)
+    keys = jax.random.split(key, x.shape[1] - 1)
+    if tf_mask is None:
+        outputs, bs = _teacher_forced(apply, bs, model_cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train)
+    else:
+        outputs, bs = _masked(apply, bs, model_cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train, tf_mask, unroll)
+    return dict(outputs, target=x_tm[1:]), bs
+
+
+def _posterior_step(apply, bs, states, h_in, h_target, z_key, c_t, train):
+    """Posterior, prior and predictor of one step: -> (states, g_t, q, p, bs)."""
+    (post_state, z, mu_q, lv_q), bs = apply(bs, ConditionalVAE.infer_posterior, states["posterior"], h_target, z_key)
+    (prior_state, _, mu_p, lv_p), bs = apply(bs, ConditionalVAE.infer_prior, states["prior"], h_in, None)
+    (pred_state, g), bs = apply(bs, ConditionalVAE.predict, states["predictor"], h_in, z, c_t, train)
+    states = {"predictor": pred_state, "posterior": post_state, "prior": prior_state}
+    return states, g, (mu_q, lv_q), (mu_p, lv_p), bs
+
+
+def _teacher_forced(apply, bs, cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train):
+    """Every encoder input the ground truth: only the LSTMs in the scan; the decoder **once** on
+    all T-1 steps after it (time-major, per-step BatchNorm statistics, running statistics updated
+    in time order), the skip half of its first convolution at each resolution once per distinct
+    skip frame (:class:`vp_jax.models.layers.SkipConcatConv`)."""
+    batch, num_frames = x_tm.shape[1], x_tm.shape[0]
+    xs = {"key": keys, "h_prev": h_gt[:-1], "h_target": h_gt[1:], "cond": cond_tm}
+
+    def step(carry, xs):
+        states, bs = carry
+        states, g, q, p, bs = _posterior_step(apply, bs, states, xs["h_prev"], xs["h_target"], xs["key"], xs["cond"], train)
+        return (states, bs), (g, q, p)
+
+    (_, bs), (g, q, p) = jax.lax.scan(step, (initial_state(cfg, batch), bs), xs)
+
+    index = skip_frame_indices(cfg.skip_frame, n_past, num_frames)
+    frames_used = sorted(set(index))
+    lo, hi = frames_used[0], frames_used[-1] + 1
+    if frames_used == list(range(lo, hi)):
+        skips = tuple(s[lo:hi] for s in skips_gt)
+    else:
+        skips = tuple(jnp.stack([s[i] for i in frames_used]) for s in skips_gt)
+    local = tuple(frames_used.index(i) for i in index)
+    x_hat, bs = apply(bs, ConditionalVAE.decode_steps, g, skips, local, train, cond_tm)
+    outputs = {
+        "x_hat": x_hat, "g": g, "q": q, "p": p, "encoder_input": x_tm[:-1],
+        "reencoded": jnp.zeros((num_frames - 1,), bool),
+    }
+    return outputs, bs
+
+
+def _masked(apply, bs, cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train, tf_mask, unroll):
+    """Teacher forcing by mask: a step whose samples are not all teacher forced re-encodes, inside
+    the scan, the mixed batch the encoder actually sees (``lax.cond``), so its BatchNorm
+    statistics are those of that batch, as in the original."""
+    num_frames, batch = x_tm.shape[:2]
+    teach = jnp.swapaxes(tf_mask.astype(bool), 0, 1) | (jnp.arange(num_frames) < n_past)[:, None]  # [T, B]
+    fixed = skip_source(cfg.skip_frame, n_past)
+    fixed_skips = None if fixed is None else tuple(s[fixed] for s in skips_gt)
+    xs = {
+        "t": jnp.arange(1, num_frames), "key": keys, "teach": teach[1:], "cond": cond_tm,
+        "x_prev": x_tm[:-1], "h_prev": h_gt[:-1], "h_target": h_gt[1:], "skips_prev": tuple(s[:-1] for s in skips_gt),
+    }
+
+    def step(carry, xs):
+        states, x_hat_prev, bs = carry
+        teach_t = xs["teach"]
+
+        def ground_truth_encoding(bs):
+            return xs["h_prev"], xs["skips_prev"], xs["x_prev"], bs
+
+        def encode_mixed_batch(bs):
+            x_in = jnp.where(teach_t[:, None, None, None], xs["x_prev"], x_hat_prev)
+            (h, skips), bs = apply(bs, ConditionalVAE.encode, x_in, train, None)
+            return h, skips, x_in, bs
+
+        all_teacher_forced = jnp.all(teach_t)
+        h_in, skips_in, x_in, bs = jax.lax.cond(all_teacher_forced, ground_truth_encoding, encode_mixed_batch, bs)
+        if fixed_skips is not None:
+            skips_in = tuple(jnp.where(xs["t"] < n_past, a, b) for a, b in zip(skips_in, fixed_skips))
+        states, g, q, p, bs = _posterior_step(apply, bs, states, h_in, xs["h_target"], xs["key"], xs["cond"], train)
+        x_hat, bs = apply(bs, ConditionalVAE.decode, g, skips_in, train, xs["cond"])
+        out = {"x_hat": x_hat, "g": g, "q": q, "p": p, "encoder_input": x_in, "reencoded": jnp.logical_not(all_teacher_forced)}
+        return (states, x_hat, bs), out
+
+    carry = (initial_state(cfg, batch), jnp.zeros_like(x_tm[0]), bs)
+    (_, _, bs), outputs = jax.lax.scan(step, carry, xs, unroll=default_unroll() if unroll is None else unroll)
+    return outputs, bs
+
+
+def generate(params, batch_stats, frames, cond, keys, *, model_cfg: ModelConfig, n_past: int, train: bool = False):
+    """Predict frames n_past .. T-1 from the first ``n_past`` of ``frames``, once per key.
+
+    ``frames`` ``[B, T, 64, 64, C]`` (only the context is read; T sets the horizon), ``cond``
+    ``[B, T, cond_dim]``, ``keys`` ``[N]`` PRNG keys, one per sample. Context steps
+    t = 1 .. n_past-1 warm up the LSTMs (the posterior on the ground truth feeds the predictor;
+    the learned prior runs on h_{t-1}); no frame is decoded there. Prediction steps: the encoder
+    sees x_{n_past-1} then the model's own predictions, z_t comes from the prior. ``train``:
+    BatchNorm on batch statistics, their updates dropped. Returns float32 ``[N, B, T - n_past, 64, 64, C]``.
+    """
+    cfg = model_cfg
+    batch, num_frames = frames.shape[:2]
+    if num_frames <= n_past:
+        raise DataError(f"frames of shape {tuple(frames.shape)}: need more than n_past = {n_past} frames")
+    check_n_past(cfg, n_past)
+    cond = check_cond(cfg, cond, batch, num_frames)
+    cond_tm = None if cond is None else jnp.swapaxes(cond, 0, 1)  # [T, B, C]
+    bound = _bind(cfg, params, train)
+
+    def apply(method, *args):  # every call on the given statistics: nothing is updated
+        return bound(batch_stats, method, *args)[0]
+
+    context = jnp.swapaxes(frames_to_float(frames[:, :n_past]), 0, 1)  # [n_past, B, H, W, C]
+    # The context is encoded once (per-step BatchNorm statistics in training mode): the encoding
+    # does not depend on the sample, so it stays outside the vmap over samples.
+    h_ctx, skips_ctx = apply(ConditionalVAE.encode, context, train, 0)
+    fixed = skip_source(cfg.skip_frame, n_past)
+    fixed_skips = None if fixed is None else tuple(s[fixed] for s in skips_ctx)
+
+    def cond_at(t):
+        return None if cond_tm is None else cond_tm[t]
+
+    def one_sample(sample_key):
+        keys = jax.random.split(sample_key, num_frames - 1)  # keys[t-1] for step t
+        states = initial_state(cfg, batch)
+        for t in range(1, n_past):  # context: warm up the LSTMs on the ground truth
+            h_in = h_ctx[t - 1]
+            states["posterior"], z, _, _ = apply(ConditionalVAE.infer_posterior, states["posterior"], h_ctx[t], keys[t - 1])
+            states["prior"], _, _, _ = apply(ConditionalVAE.infer_prior, states["prior"], h_in, None)
+            states["predictor"], _ = apply(ConditionalVAE.predict, states["predictor"], h_in, z, cond_at(t), train)
+
+        def step(carry, xs):
+            states, x_prev = carry
+            key_t, c_t = xs
+            h_in, skips_in = apply(ConditionalVAE.encode, x_prev, train, None)
+            prior_state, z, _, _ = apply(ConditionalVAE.infer_prior, states["prior"], h_in, key_t)
+            pred_state, g = apply(ConditionalVAE.predict, states["predictor"], h_in, z, c_t, train)
+            x_hat = apply(ConditionalVAE.decode, g, skips_in if fixed_skips is None else fixed_skips, train, c_t)
+            return (dict(states, predictor=pred_state, prior=prior_state), x_hat), x_hat
+
+        xs = (keys[n_past - 1 :], None if cond_tm is None else cond_tm[n_past:])
+        _, preds = jax.lax.scan(step, (states, context[n_past - 1]), xs)
+        return jnp.swapaxes(preds, 0, 1)  # [B, T - n_past, H, W, C]
+
+    return jax.vmap(one_sample)(keys)
