@@ -1,4 +1,4 @@
-"""training/loop.py helpers: which config changes a resumed run accepts."""
+"""training/workdir.py: which config changes a resumed run accepts."""
 
 import os
 
@@ -6,7 +6,7 @@ import pytest
 
 from vp_jax.config import load_config_file
 from vp_jax.errors import ConfigError
-from vp_jax.training.loop import check_same_run
+from vp_jax.training.workdir import check_same_run
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

@@ -117,9 +117,10 @@ def host_piece(batch):
 
 
 def put_batch(batch, mesh: Mesh | None):
-    """A global host batch onto the mesh, split on ``data`` (unchanged when ``mesh`` is None)."""
+    """A global host batch onto the mesh, split on ``data`` (onto the default device when ``mesh``
+    is None)."""
     if mesh is None:
-        return batch
+        return jax.device_put(batch)
     return shard_batch(host_piece(batch), mesh)
 
 

@@ -65,6 +65,9 @@ def always_teacher_forced(config: ml_collections.ConfigDict) -> bool:
 def make_train_step(config: ml_collections.ConfigDict, unroll=None):
     """Jitted ``step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
 
+    ``key`` is the run's key: the step uses ``fold_in(key, state.step)``, so the loop passes the
+    same key every step and never reads the step counter back.
+
     ``batch``: ``{'frames': [B, T, 64, 64, C] uint8 or float, 'cond': [B, T, cond_dim]}``; the
     first ``n_past + n_future`` frames are used.  The teacher-forcing mask is drawn from ``key``
     with the tfr schedule's value at ``state.step`` (mode ``train.tfr.mode``); beta and the
@@ -99,7 +102,7 @@ def make_train_step(config: ml_collections.ConfigDict, unroll=None):
         frames = frames[:, :num_frames]
         cond = batch.get("cond")
         cond = None if (cond is None or not cfg.cond_dim) else cond[:, :num_frames]
-        mask_key, loss_key = jax.random.split(key)
+        mask_key, loss_key = jax.random.split(jax.random.fold_in(key, state.step))
         tfr, beta, lr = tfr_fn(state.step), beta_fn(state.step), lr_fn(state.step)
         tf_mask = teacher_forcing_mask(mask_key, tfr, frames.shape[0], num_frames, n_past, mode)
 

@@ -1,0 +1,177 @@
+"""What a training run keeps in its workdir, and the rules for reopening one.
+
+A workdir after training::
+
+    DIR/config.json            the config of the run (resuming checks the new one against it)
+    DIR/metrics.csv            one row per epoch (step, epoch, loss, mse, kl, beta, tfr, lr,
+                               val_psnr, val_psnr_moving, val_action_sensitivity_db,
+                               val_posterior_psnr, val_copy_psnr, seconds, rss_mb)
+    DIR/plots/*.png            loss/MSE/KL, schedules, validation PSNR (refreshed every epoch)
+    DIR/gifs/epoch_XXX.gif     validation predictions beside ground truth
+    DIR/checkpoints/{latest,best}/<step>/   orbax checkpoints (see checkpoints.py)
+    DIR/.lock                  held while a train.py writes here
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import shutil
+
+import pandas as pd
+import psutil
+from flax import traverse_util
+
+from vp_jax.config import ModelConfig, load_config_json, validate
+from vp_jax.errors import ConfigError, VPError
+from vp_jax.training.checkpoints import has_checkpoints
+
+
+VAL_COLUMNS = ["val_psnr", "val_psnr_moving", "val_action_sensitivity_db", "val_posterior_psnr", "val_copy_psnr"]
+METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", *VAL_COLUMNS, "seconds", "rss_mb"]
+STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
+# Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
+RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.")
+# Training fields that configs gained later, with the value a workdir without them was trained with.
+ADDED_FIELDS = {"train.kl.free_bits": 0.0}
+
+
+class TrainingStopped(VPError):
+    """The run stopped on purpose (non-finite losses); the last good checkpoint is kept."""
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB."""
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _flatten(d: dict) -> dict:
+    """``{'a.b': value}`` of a nested dict, tuples as lists (as config.json stores them)."""
+    flat = traverse_util.flatten_dict(d, sep=".")
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in flat.items()}
+
+
+def check_same_run(saved, config) -> None:
+    """Refuse to resume a workdir with a config that would train something else."""
+    old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    # Fields added after the workdir was written: it was trained with their defaults.
+    defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)}
+    defaults.update(ADDED_FIELDS)
+    old.update({k: defaults[k] for k in new if k not in old and k in defaults})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES):
+            raise ConfigError(
+                f"config.{key} = {new.get(key)!r} but the workdir was trained with "
+                f"{old.get(key)!r}: use a new --workdir, or the same config to resume"
+            )
+
+
+class WorkdirLock:
+    """An exclusive ``flock`` on ``DIR/.lock``: one writer per workdir.
+
+    The kernel drops the lock when its process dies, so a killed run never blocks the next
+    (the stale ``.lock`` file left behind is harmless: only the ``flock`` counts).
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self._fd = None
+
+    def __enter__(self):
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = f" (pid {int(os.read(self._fd, 32).decode().strip())})"
+            except (OSError, ValueError):
+                holder = ""
+            os.close(self._fd)
+            raise VPError(
+                f"{self.path}: another train.py{holder} is training this workdir; one writer per workdir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def read_metrics(path: str, upto_epoch: int) -> pd.DataFrame:
+    """Rows of an existing metrics.csv for epochs < ``upto_epoch`` (later ones are redone)."""
+    if not os.path.exists(path):
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    try:
+        frame = pd.read_csv(path)
+        frame = frame[frame["epoch"] < upto_epoch].reset_index(drop=True)
+    except Exception as err:  # noqa: BLE001 - edited or damaged by hand
+        raise VPError(f"{path}: unreadable ({type(err).__name__}); move it away to resume (it is rewritten from "
+                      f"epoch {upto_epoch + 1} on)") from None
+    return frame
+
+
+def write_csv(frame: pd.DataFrame, path: str) -> None:
+    tmp = path + ".tmp"
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def prepare_workdir(config, workdir: str):
+    """Check that ``config`` may train in ``workdir``: one that holds checkpoints must be continued
+    with the config it was trained with (``RESUMABLE_CHANGES`` aside). Writes nothing."""
+    validate(config)
+    saved_path = os.path.join(workdir, "config.json")
+    if os.path.exists(saved_path) and has_checkpoints(workdir):
+        check_same_run(load_config_json(saved_path), config)
+
+
+@contextlib.contextmanager
+def open_workdir(config, workdir: str):
+    """Create or reopen ``workdir`` for one writer (:class:`WorkdirLock`), check that ``config`` may
+    train there (:func:`prepare_workdir`), and yield. A run that fails (bad input, non-finite
+    losses) or is interrupted before its first checkpoint in a new or empty ``workdir`` leaves
+    no workdir behind."""
+    validate(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise VPError(f"--workdir {workdir}: exists and is not a folder")
+    new = not os.path.exists(workdir)
+    empty = new or not os.listdir(workdir)
+    created = os.path.abspath(workdir)  # the outermost folder this call creates
+    while new and not os.path.exists(os.path.dirname(created)):
+        created = os.path.dirname(created)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        raise VPError(f"--workdir {workdir}: cannot create it ({err.strerror})") from None
+    with WorkdirLock(workdir):
+        try:
+            prepare_workdir(config, workdir)
+            yield
+        except (VPError, KeyboardInterrupt):
+            if empty and not has_checkpoints(workdir):  # nothing trained: leave nothing behind
+                for name in os.listdir(workdir):
+                    path = os.path.join(workdir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+                if new:
+                    shutil.rmtree(created, ignore_errors=True)
+            raise
+
+
+def checkpoint_meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr=float("nan"), row=None) -> dict:
+    """What a checkpoint stores beside the state: where the run is (epoch, iteration, the data
+    iterator, the epoch's running sums), the model config, and the epoch's metrics row."""
+    return {
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "iterator": batches.get_state(),
+        "epoch_sums": sums,
+        "seed": int(config.seed),
+        "val_psnr": None if val_psnr != val_psnr else float(val_psnr),
+        # This epoch's metrics.csv row (NaN as null), restored if the CSV missed it.
+        "row": None if row is None else {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()},
+        "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(model_cfg).items()},
+    }
