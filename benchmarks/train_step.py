@@ -109,13 +109,13 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
     _log(f"compiled in {compile_s:.1f} s ({flops / 1e9:.0f} GFLOP/step)")
 
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, jax.random.fold_in(key, 0))  # warm-up
+    state, metrics = compiled(state, batch, key)  # warm-up (the step folds in its counter)
     jax.block_until_ready(metrics)
     _log(f"warm-up step {time.perf_counter() - t0:.2f} s")
     times, cpu = [], []
     for i in range(steps):
         t0, c0 = time.perf_counter(), sum(os.times()[:2])
-        state, metrics = compiled(state, batch, jax.random.fold_in(key, i + 1))
+        state, metrics = compiled(state, batch, key)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
         cpu.append(sum(os.times()[:2]) - c0)

@@ -69,7 +69,7 @@ def train_and_score(config, steps: int, seed: int = 0) -> dict:
     state = create_train_state(config, jax.random.key(seed))
     step = make_train_step(config)
     for i in range(steps):
-        state, _ = step(state, next(batches), jax.random.fold_in(jax.random.key(seed), i))
+        state, _ = step(state, next(batches), jax.random.key(seed))  # the step folds in its counter
     scores = predict_and_score(
         config, state.params, state.batch_stats, test, key=jax.random.key(1), batch_size=32, cond_stats=stats,
         shuffled_permutation=derangement(len(test), seed), mesh=None,

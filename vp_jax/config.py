@@ -15,6 +15,7 @@ import sys
 
 import ml_collections
 
+from vp_jax._compat import is_deferred_config_error
 from vp_jax.errors import ConfigError
 
 SKIP_FRAMES = ("original", "last_context", "every_step")
@@ -187,7 +188,7 @@ def cli_flags_parser(flag_values=None, config_flag: str = "config"):
             raise
         except Exception as err:  # noqa: BLE001 - ml_collections raises plain KeyError/AttributeError
             _exit_with(_config_file_problem(argv, config_flag) or _override_error(argv, err, config_flag))
-        if config_flag in fv and type(fv[config_flag].value).__name__ == "_ErrorConfig":  # a deferred failure
+        if config_flag in fv and is_deferred_config_error(fv[config_flag].value):
             _exit_with(_config_file_problem(argv, config_flag) or f"--{config_flag}: cannot be loaded")
         return rest
 

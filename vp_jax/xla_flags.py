@@ -35,6 +35,8 @@ import subprocess
 import sys
 import warnings
 
+from vp_jax._compat import jax_backend_started
+
 OPT_OUT_ENV = "VP_JAX_NO_XLA_FLAGS"
 
 # The flags this module may add, in order. Each entry is one ``--name=value`` token.
@@ -69,8 +71,7 @@ def _jaxlib_version() -> str | None:
 
 def _backend_started() -> bool:
     """True when JAX already created a backend (then XLA_FLAGS is no longer read)."""
-    xb = sys.modules.get("jax._src.xla_bridge")
-    return bool(getattr(xb, "_backends", None))
+    return jax_backend_started()
 
 
 def _accelerator_plugins() -> list[str]:

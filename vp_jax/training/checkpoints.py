@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vp_jax._compat import await_orbax_tmp_cleanup
 from vp_jax.config import ModelConfig
 from vp_jax.errors import CheckpointError
 
@@ -110,9 +111,7 @@ def _manager(path: str, keep: int, best: bool, read_only: bool) -> ocp.Checkpoin
     # Orbax removes those folders on a background thread that close() does not wait for; a run
     # that stops right away (a refused resume) then exits under that thread, which prints a
     # traceback at interpreter shutdown. Wait for it here: it only lists one folder.
-    await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
-    if await_cleanup is not None:
-        await_cleanup()
+    await_orbax_tmp_cleanup(manager)
     return manager
 
 

@@ -136,6 +136,9 @@ def _train(config, workdir: str) -> dict:
         run = _Run(config, workdir, store, batches, val_src, cond_stats, mesh, main, base_key, val_key,
                    make_train_step(config), make_eval_fns(config, num_samples=1, bn_mode=config.eval.bn_mode))
         state = parallel.put_replicated(state, mesh)
+        if mesh is not None:
+            tqdm.write(f"data parallel over {parallel.num_shards(mesh)} devices "
+                       f"({config.train.batch_size // parallel.num_shards(mesh)} sequences each)")
         with _StopFlag() as stop:  # Ctrl-C from here on stops at the next safe point
             return _epochs(run, stop, state, start_epoch, start_iter, sums, history)
 
