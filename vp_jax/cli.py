@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from absl import logging
+import logging
 
 from vp_jax.errors import ConfigError
+
+
+def quiet_library_logs() -> None:
+    """Only errors from what logs through absl (orbax logs every file it writes); vp_jax's own
+    warnings (e.g. the data pipeline's "skipped N bad sequences") still reach the user."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def start(argv, options: str = "") -> None:
     """Quiet orbax's logging, add the fast CPU XLA flags and keep XLA's buffers in the heap (both
     before JAX starts), refuse stray arguments."""
-    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes
+    quiet_library_logs()
     from vp_jax.host_memory import configure_malloc
     from vp_jax.xla_flags import configure_xla_flags
 
