@@ -167,6 +167,8 @@ class FVDScorer:
                  batch_size: int = 8, half_pixel_centers: bool = False, progress: bool = False):
         from tqdm.auto import tqdm
 
+        if batch_size < 1:
+            raise ConfigError(f"--fvd_batch_size {batch_size}: expected an integer >= 1")
         self.n_past, self.include_context, self.repeats = n_past, include_context, repeats
         self.batch_size, self.half_pixel_centers = batch_size, half_pixel_centers
         check_clip_frames(n_eval if include_context else n_eval - n_past, "FVD clip (fvd.clip_frames)")
