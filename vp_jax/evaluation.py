@@ -317,6 +317,7 @@ def evaluate_workdir(
     fvd_repeats: int | None = None,
     num_sequences: int | None = None,
     fvd_batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> dict:
     """Restore a checkpoint of ``workdir`` and write ``DIR/eval/<split>/`` (``<split>-<protocol>`` for
     a named protocol; see eval.py and :mod:`vp_jax.protocols`). ``n_future``, ``num_samples``,
@@ -339,6 +340,9 @@ def evaluate_workdir(
     config = protocols.apply(proto, config)
     num_samples = proto.num_samples
     bn_mode = bn_mode or config.eval.bn_mode
+    batch_size = batch_size or config.eval.batch_size
+    if batch_size < 1:
+        raise VPError(f"--batch_size {batch_size}: expected an integer >= 1")
     if num_sequences is not None and num_sequences < 1:
         raise VPError(f"--num_sequences {num_sequences}: expected an integer >= 1")
     model_cfg = model_config(config)
@@ -369,7 +373,7 @@ def evaluate_workdir(
     threshold = moving_threshold(config)
     scores = predict_and_score(
         config, state.params, state.batch_stats, source, key=key, num_samples=num_samples, bn_mode=bn_mode,
-        batch_size=config.eval.batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
+        batch_size=batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
         shuffled_permutation=derangement(len(source), config.seed) if model_cfg.cond_dim > 0 and len(source) > 1 else None,
         posterior=True, moving_threshold=threshold, extra_scorers=tuple(extra_scorers),
     )
@@ -394,7 +398,7 @@ def evaluate_workdir(
     summary["protocol"] = protocols.card(
         proto, split=split, num_sequences=summary["num_sequences"], bn_mode=bn_mode, seed=config.seed,
         checkpoint={"workdir": os.path.abspath(workdir), "name": str(checkpoint), "step": int(state.step)},
-        fvd_batch_size=fvd_batch_size if proto.fvd else None,
+        fvd_batch_size=fvd_batch_size if proto.fvd else None, batch_size=batch_size,
     )
 
     if not parallel.is_main_process():

@@ -134,7 +134,7 @@ def _span(lo: int, hi: int) -> str:
 
 
 def card(p: Protocol, *, split: str, num_sequences: int, bn_mode: str, checkpoint: dict, seed: int,
-         fvd_batch_size: int | None = None) -> dict:
+         fvd_batch_size: int | None = None, batch_size: int | None = None) -> dict:
     """The protocol card (JSON-ready) of one evaluation: what was predicted from what, how many,
     how the best sample was chosen, which frames each metric covers, FVD's settings, the package
     versions and the checkpoint."""
@@ -162,6 +162,7 @@ def card(p: Protocol, *, split: str, num_sequences: int, bn_mode: str, checkpoin
         },
         "fvd": None,
         "bn_mode": bn_mode,
+        "batch_size": batch_size,  # sequences per generation call: changes the numbers only with bn_mode batch_stats
         "seed": int(seed),
         "checkpoint": checkpoint,
         "versions": versions(),
