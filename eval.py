@@ -1,9 +1,13 @@
-"""Evaluate a trained workdir: the lab's PSNR, SSIM, best-of-N, baselines, GIFs.
+"""Evaluate a trained workdir: the lab's PSNR, SSIM, best-of-N, baselines, GIFs; LPIPS and FVD.
 
     python eval.py --workdir runs/pushbot                       # best checkpoint, test split
     python eval.py --workdir runs/lab --checkpoint latest --split validate --num_samples 100
+    python eval.py --workdir runs/lab --protocol svg            # 2 -> 28, best of 100
+    python eval.py --workdir runs/pushbot --lpips alex,vgg --fvd --num_samples 4 --fvd_repeats 4
 
-Writes DIR/eval/<split>/{metrics.json, predictions.npz, per_frame.png, gifs/} and prints a table.
+Writes DIR/eval/<split>/{metrics.json, predictions.npz, per_frame.png, gifs/} (DIR/eval/<split>-<protocol>/
+for a named protocol) and prints a table. metrics.json holds the protocol card. LPIPS and FVD need
+pip install -e ".[metrics]".
 """
 
 import os
@@ -21,6 +25,17 @@ flags.DEFINE_enum("split", "test", ["train", "validate", "test"], "Which split t
 flags.DEFINE_integer("num_samples", None, "Samples per sequence (default: the config's eval.num_samples).")
 flags.DEFINE_enum("bn_mode", None, ["inference", "batch_stats"], "BatchNorm mode (default: config's).")
 flags.DEFINE_string("data_root", None, "Override config.data.root (data moved since training).")
+flags.DEFINE_enum("protocol", "custom", ["lab", "svg", "bair-1to15", "custom"],
+                  "A named protocol, or custom: the config's settings and the flags below (docs/metrics.md).")
+flags.DEFINE_integer("n_future", None, "custom: frames to predict (default: the config's n_eval - n_past).")
+flags.DEFINE_list("lpips", None, "custom: LPIPS networks to score with, e.g. alex or alex,vgg.")
+flags.DEFINE_boolean("fvd", None, "custom: compute FVD (I3D features of real and predicted clips).")
+flags.DEFINE_boolean("fvd_context", None, "custom: include the context frames in every FVD clip (default true).")
+flags.DEFINE_integer("fvd_repeats", None, "custom: FVDs to compute, repeat r with sample r (default 1).")
+flags.DEFINE_integer("num_sequences", None, "Score only the first N sequences of the split (recorded in the card).")
+flags.DEFINE_integer("fvd_batch_size", 8, "Clips per I3D call (memory; does not change the numbers).")
+flags.DEFINE_integer("batch_size", None, "Sequences per generation call (default: the config's eval.batch_size); "
+                     "memory grows with it times samples times frames.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -40,6 +55,15 @@ def main(argv):
         num_samples=FLAGS.num_samples,
         bn_mode=FLAGS.bn_mode,
         data_root=FLAGS.data_root,
+        protocol=FLAGS.protocol,
+        n_future=FLAGS.n_future,
+        lpips=tuple(FLAGS.lpips) if FLAGS.lpips is not None else None,
+        fvd=FLAGS.fvd,
+        fvd_context=FLAGS.fvd_context,
+        fvd_repeats=FLAGS.fvd_repeats,
+        num_sequences=FLAGS.num_sequences,
+        fvd_batch_size=FLAGS.fvd_batch_size,
+        batch_size=FLAGS.batch_size,
     )
 
 

