@@ -17,6 +17,7 @@ def main(argv):
     absl_logging.warning("ORBAX-LIKE absl warning")
     absl_logging.error("absl error")
     logging.getLogger("vp_jax.data.pipeline").warning("data/train: skipped 2 bad sequences")
+    logging.getLogger("vp_jax.data.pipeline").info("building the cache (once)")
 
 app.run(main)
 """
@@ -26,4 +27,4 @@ def test_absl_is_quiet_and_vp_jax_warnings_reach_the_user():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=True)
     assert "skipped 2 bad sequences" in proc.stderr, proc.stderr
     assert "absl error" in proc.stderr
-    assert "ORBAX-LIKE" not in proc.stderr
+    assert "ORBAX-LIKE" not in proc.stderr and "building the cache" not in proc.stderr

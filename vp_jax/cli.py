@@ -8,8 +8,10 @@ from vp_jax.errors import ConfigError
 
 
 def quiet_library_logs() -> None:
-    """Only errors from what logs through absl (orbax logs every file it writes); vp_jax's own
-    warnings (e.g. the data pipeline's "skipped N bad sequences") still reach the user."""
+    """Warnings and errors only (absl's app.run would show INFO), and only errors from what logs
+    through absl (orbax logs every file it writes): vp_jax's own warnings, e.g. the data
+    pipeline's "skipped N bad sequences", still reach the user."""
+    logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
