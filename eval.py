@@ -34,8 +34,8 @@ flags.DEFINE_boolean("fvd_context", None, "custom: include the context frames in
 flags.DEFINE_integer("fvd_repeats", None, "custom: FVDs to compute, repeat r with sample r (default 1).")
 flags.DEFINE_integer("num_sequences", None, "Score only the first N sequences of the split (recorded in the card).")
 flags.DEFINE_integer("fvd_batch_size", 8, "Clips per I3D call (memory; does not change the numbers).")
-flags.DEFINE_integer("batch_size", None, "Sequences per generation call (default: the config's eval.batch_size); "
-                     "memory grows with it times samples times frames.")
+flags.DEFINE_integer("batch_size", None, "Sequences per generation call (default: the config's eval.batch_size, "
+                     "lowered to keep batch x samples <= 256); memory grows with it times samples times frames.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

@@ -109,3 +109,16 @@ def test_compare_never_puts_two_protocols_in_one_column(tmp_path, config):
     assert list(by_heading["protocol no protocol card (evaluated before protocols were recorded)"]["psnr"]) == [24.0]
     svg_heading = next(h for h, _ in tables if h.startswith("protocol svg"))
     assert "predicted_frames" in svg_heading and "samples_per_sequence" in svg_heading
+
+
+def test_default_batch_size_keeps_sequence_samples_per_call_bounded():
+    from vp_jax.evaluation import SEQUENCE_SAMPLES_PER_CALL, default_batch_size
+
+    assert default_batch_size(32, 1) == 32  # one sample (the lab protocol): the config's batch
+    assert default_batch_size(32, 100) == SEQUENCE_SAMPLES_PER_CALL // 100 == 2
+    assert default_batch_size(32, 10) == 25
+    assert default_batch_size(4, 1000) == 1  # never 0
+    assert default_batch_size(32, 100, shards=4) == 4  # a multiple of the devices sharing a batch
+    for samples in (1, 3, 10, 64, 100, 300):
+        b = default_batch_size(32, samples)
+        assert b * samples <= max(SEQUENCE_SAMPLES_PER_CALL, samples) and (b == 32 or (b + 1) * samples > SEQUENCE_SAMPLES_PER_CALL)

@@ -158,6 +158,18 @@ def predict_and_score(
     return out
 
 
+#: Sequence-samples generated and scored per call when the batch size is not given: memory grows
+#: with batch x samples x frames (100 samples of 32 sequences of 28 frames asked for 45 GB).
+SEQUENCE_SAMPLES_PER_CALL = 256
+
+
+def default_batch_size(eval_batch_size: int, num_samples: int, shards: int = 1) -> int:
+    """Sequences per generation call: ``eval.batch_size``, lowered so that batch x samples stays
+    within :data:`SEQUENCE_SAMPLES_PER_CALL`, rounded up to a multiple of the devices sharing it."""
+    batch = max(1, min(int(eval_batch_size), SEQUENCE_SAMPLES_PER_CALL // max(1, int(num_samples))))
+    return -(-batch // shards) * shards
+
+
 def moving_threshold(config) -> float:
     """``config.eval.moving_threshold`` (configs written before it existed: the default)."""
     return float(config.eval.get("moving_threshold", M.MOVING_THRESHOLD))
@@ -340,7 +352,7 @@ def evaluate_workdir(
     config = protocols.apply(proto, config)
     num_samples = proto.num_samples
     bn_mode = bn_mode or config.eval.bn_mode
-    batch_size = batch_size or config.eval.batch_size
+    batch_size = batch_size or default_batch_size(config.eval.batch_size, num_samples, jax.device_count())
     if batch_size < 1:
         raise VPError(f"--batch_size {batch_size}: expected an integer >= 1")
     if num_sequences is not None and num_sequences < 1:
