@@ -48,22 +48,12 @@ def main(argv):
     load_workdir_config(FLAGS.workdir, FLAGS.data_root)  # a missing or bad workdir: one line, before JAX loads
     from vp_jax.evaluation import evaluate_workdir
 
+    passed_on = ("checkpoint", "split", "num_samples", "bn_mode", "data_root", "protocol", "n_future", "fvd",
+                 "fvd_context", "fvd_repeats", "num_sequences", "fvd_batch_size", "batch_size")
     evaluate_workdir(
         FLAGS.workdir,
-        checkpoint=FLAGS.checkpoint,
-        split=FLAGS.split,
-        num_samples=FLAGS.num_samples,
-        bn_mode=FLAGS.bn_mode,
-        data_root=FLAGS.data_root,
-        protocol=FLAGS.protocol,
-        n_future=FLAGS.n_future,
         lpips=tuple(FLAGS.lpips) if FLAGS.lpips is not None else None,
-        fvd=FLAGS.fvd,
-        fvd_context=FLAGS.fvd_context,
-        fvd_repeats=FLAGS.fvd_repeats,
-        num_sequences=FLAGS.num_sequences,
-        fvd_batch_size=FLAGS.fvd_batch_size,
-        batch_size=FLAGS.batch_size,
+        **{name: FLAGS[name].value for name in passed_on},
     )
 
 
