@@ -18,16 +18,16 @@ robot within minutes (docs/model.md, "Decoder pathways"):
 * no BatchNorm on the predictor's output (SVG has none; the lab's BatchNorm1d there, used with
   running statistics on predicted inputs, cost 0.68 dB of test PSNR at this length).
 
-Measured (the README's quickstart command on a fresh copy, 2-core Intel Xeon CPU: 9 min 15 s
+Measured (the README's quickstart command on a fresh copy, 2-core Intel Xeon CPU: 9 min 34 s
 including the install; 1.0 s per step), test split, 256 sequences, `eval.py` defaults:
 
                               PSNR (dB)  SSIM   PSNR moving (dB)
-    model                        26.18   0.872   17.98
+    model                        26.16   0.872   17.97
     copy last context frame      20.22   0.788   11.45
-    shuffled conditions          20.92   0.769   13.83
-    posterior (teacher forced)   26.36   0.877   18.12
+    shuffled conditions          20.93   0.769   13.83
+    posterior (teacher forced)   26.34   0.877   18.10
 
-action sensitivity +5.25 dB (+4.15 dB on the moving pixels); the KL is ~1e-5 nats per frame: this
+action sensitivity +5.23 dB (+4.13 dB on the moving pixels); the KL is ~1e-5 nats per frame: this
 short run leaves the latent unused. The gripper follows the conditions but is drawn blurred.
 """
 

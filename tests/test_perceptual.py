@@ -80,6 +80,21 @@ def test_identical_frames_score_zero_and_lpips_is_symmetric(examples):
         float(lpips_per_frame(ref, p0, "alex")), rel=1e-5)
 
 
+def test_a_larger_distortion_scores_higher(examples):
+    """Noise of growing strength and a growing blur move LPIPS away from the clean frame, in order."""
+    from PIL import ImageFilter
+
+    ref = examples[0]
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(ref.shape)
+    noisy = [np.clip(ref + s * noise, 0, 255).astype(np.uint8) for s in (4, 16, 48)]
+    blurred = [np.asarray(Image.fromarray(ref).filter(ImageFilter.GaussianBlur(r))) for r in (0.5, 1.5, 3.0)]
+    for net in ("alex", "vgg"):
+        for series in (noisy, blurred):
+            d = np.asarray(lpips_per_frame(np.stack(series), np.stack([ref] * 3), net))
+            assert 0.0 < d[0] < d[1] < d[2], (net, d)
+
+
 def test_samples_against_one_target_equal_pairwise_scores(examples):
     ref, p0, p1 = examples
     target = np.stack([np.stack([ref, p0])])  # [B=1, T=2, H, W, C]

@@ -8,7 +8,8 @@ protocols are not comparable. ``eval.py --protocol NAME`` runs one of these reco
 name           context  predicted  samples  best of N chosen by   FVD
 =============  =======  =========  =======  ====================  ===========================
 ``lab``        2        10         1        (one sample)          no
-``svg``        2        28         100      PSNR, SSIM            no
+``svg``        2        28         100      PSNR, SSIM, LPIPS     30-frame clips (context in),
+                                                                  sample 0
 ``bair-1to15`` 1        15         100      PSNR, SSIM, LPIPS     16-frame clips (context in),
                                                                   100 repeats
 ``custom``     config   config     config   PSNR, SSIM (+ LPIPS)  with ``--fvd``
@@ -54,8 +55,10 @@ PROTOCOLS = {
         "lab", "the NYCU lab metric: 2 context frames, 10 predicted, one sample, per-channel PSNR",
         n_past=2, n_future=10, num_samples=1),
     "svg": Protocol(
-        "svg", "SVG (Denton & Fergus 2018) on BAIR: 2 context frames, 28 predicted, best of 100 by PSNR and by SSIM",
-        n_past=2, n_future=28, num_samples=100),
+        "svg", "SVG (Denton & Fergus 2018) on BAIR: 2 context frames, 28 predicted, best of 100 by PSNR, by SSIM "
+        "and by LPIPS (AlexNet, as later papers under this setting report it); FVD of sample 0 on the 30-frame clips "
+        "(the context included)",
+        n_past=2, n_future=28, num_samples=100, lpips=("alex",), fvd=True, fvd_context=True, fvd_repeats=1),
     "bair-1to15": Protocol(
         "bair-1to15",
         "action-conditioned BAIR as in recent papers: 1 context frame, 15 predicted, best of 100 by PSNR, SSIM "
