@@ -40,8 +40,7 @@ def test_steady_state_steps_make_no_implicit_transfer(config, tmp_path, monkeypa
     batches = BatchIterator(open_split(c.data, "train"), batch_size=c.train.batch_size,
                             seq_len=c.n_past + c.n_future, seed=c.seed)
     with CheckpointStore(str(tmp_path / "w"), keep=1) as store:
-        run = loop._Run(c, str(tmp_path / "w"), store, batches, None, None, None, True, jax.random.key(0),
-                        jax.random.key(1), make_train_step(c), None)
+        run = loop._Run(c, str(tmp_path / "w"), store, batches, None, True, jax.random.key(0), make_train_step(c), None)
         state = create_train_state(c, jax.random.key(0))
         state, sums, bad = loop._train_epoch(run, _NoStop(), state, None, 0, c.train.epoch_size - 1)  # compile
         reads = []

@@ -267,6 +267,47 @@ def write_npz(path: str, **arrays) -> None:
     os.replace(tmp, path)
 
 
+class Validator:
+    """The per-epoch validation of a training run: the jitted functions are compiled once, then
+    ``validator(state, keep) -> (row values, scores)`` scores (part of) the validation split.
+
+    Row values: ``val_psnr`` (the lab metric), ``val_psnr_moving``, ``val_action_sensitivity_db``
+    (PSNR with the true minus shuffled conditions), ``val_posterior_psnr`` (teacher-forced
+    reconstruction) and ``val_copy_psnr`` (copying the last context frame), on the same sequences.
+    ``keep``: predictions of that many sequences are kept in ``scores`` (for GIFs).
+    """
+
+    def __init__(self, config, source, key, *, cond_stats=None, mesh=None):
+        self.config, self.source, self.key, self.cond_stats, self.mesh = config, source, key, cond_stats, mesh
+        self.fns = make_eval_fns(config, num_samples=1, bn_mode=config.eval.bn_mode)
+
+    def __call__(self, state, keep: int = 0) -> tuple[dict, dict]:
+        config, source = self.config, self.source
+        n = len(source) if not config.eval.num_val_batches else min(
+            len(source), config.eval.num_val_batches * config.eval.batch_size)
+        threshold = moving_threshold(config)
+        scores = predict_and_score(
+            config, state.params, state.batch_stats, source, key=self.key, batch_size=config.eval.batch_size,
+            max_batches=config.eval.num_val_batches,
+            shuffled_permutation=derangement(n, config.seed) if config.model.cond_dim and n > 1 else None,
+            posterior=True, keep_predictions=keep > 0, fns=self.fns, cond_stats=self.cond_stats, mesh=self.mesh,
+            moving_threshold=threshold,
+        )
+        summary = summarize(scores, threshold)
+
+        def value(v):
+            return float("nan") if v is None else float(v)
+
+        row = {
+            "val_psnr": value(summary["psnr"]),
+            "val_psnr_moving": value(summary["psnr_moving"]),
+            "val_action_sensitivity_db": value(summary.get("action_sensitivity_db")),
+            "val_posterior_psnr": value(summary["posterior"]["psnr"]),
+            "val_copy_psnr": value(summary["baseline_copy_last"]["psnr"]),
+        }
+        return row, scores
+
+
 def derangement(n: int, seed: int) -> np.ndarray:
     """A seeded permutation of ``range(n)`` with no fixed point (for n > 1).
 

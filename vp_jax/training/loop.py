@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from vp_jax import parallel, visualize
 from vp_jax.config import model_config, save_config_json
 from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
-from vp_jax.evaluation import derangement, make_eval_fns, moving_threshold, predict_and_score, summarize
+from vp_jax.evaluation import Validator
 from vp_jax.training.checkpoints import CheckpointStore
 from vp_jax.training.state import create_train_state
 from vp_jax.training.step import make_train_step
@@ -58,46 +58,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return _train(config, workdir)
 
 
-def validate_model(config, state, source, fns, key, *, keep: int = 0, cond_stats=None, mesh=None) -> tuple[dict, dict]:
-    """The evaluation measures on (part of) the validation split: ``(row values, scores)``.
-
-    Row values (``VAL_COLUMNS``): the lab metric, its moving-pixel PSNR, the action sensitivity
-    (PSNR with the true minus shuffled conditions), the teacher-forced posterior PSNR and the
-    copy-last-frame PSNR of the same sequences.
-    """
-    n = len(source) if not config.eval.num_val_batches else min(len(source), config.eval.num_val_batches * config.eval.batch_size)
-    scores = predict_and_score(
-        config,
-        state.params,
-        state.batch_stats,
-        source,
-        key=key,
-        batch_size=config.eval.batch_size,
-        max_batches=config.eval.num_val_batches,
-        shuffled_permutation=derangement(n, config.seed) if config.model.cond_dim and n > 1 else None,
-        posterior=True,
-        keep_predictions=keep > 0,
-        fns=fns,
-        cond_stats=cond_stats,
-        mesh=mesh,
-        moving_threshold=moving_threshold(config),
-    )
-    summary = summarize(scores, moving_threshold(config))
-    nan = float("nan")
-
-    def value(v):
-        return nan if v is None else float(v)
-
-    row = {
-        "val_psnr": value(summary["psnr"]),
-        "val_psnr_moving": value(summary["psnr_moving"]),
-        "val_action_sensitivity_db": value(summary.get("action_sensitivity_db")),
-        "val_posterior_psnr": value(summary["posterior"]["psnr"]),
-        "val_copy_psnr": value(summary["baseline_copy_last"]["psnr"]),
-    }
-    return row, scores
-
-
 @dataclasses.dataclass
 class _Run:
     """What stays fixed while a run trains."""
@@ -106,14 +66,11 @@ class _Run:
     workdir: str
     store: CheckpointStore
     batches: BatchIterator
-    val_src: object
-    cond_stats: object
     mesh: object
     main: bool
     base_key: jax.Array
-    val_key: jax.Array
     train_step: object
-    eval_fns: object
+    validator: Validator | None
 
     @property
     def model_cfg(self):
@@ -133,8 +90,8 @@ def _train(config, workdir: str) -> dict:
     with CheckpointStore(workdir, keep=config.checkpoint.keep) as store:
         main = parallel.is_main_process()
         state, start_epoch, start_iter, sums, history = _resume(config, workdir, store, state, batches, main)
-        run = _Run(config, workdir, store, batches, val_src, cond_stats, mesh, main, base_key, val_key,
-                   make_train_step(config), make_eval_fns(config, num_samples=1, bn_mode=config.eval.bn_mode))
+        validator = Validator(config, val_src, val_key, cond_stats=cond_stats, mesh=mesh)
+        run = _Run(config, workdir, store, batches, mesh, main, base_key, make_train_step(config), validator)
         state = parallel.put_replicated(state, mesh)
         if mesh is not None:
             tqdm.write(f"data parallel over {parallel.num_shards(mesh)} devices "
@@ -270,8 +227,7 @@ def _train_epoch(run: _Run, stop, state, sums, epoch: int, start: int):
 def _validate_and_show(run: _Run, state, epoch: int) -> dict:
     """The validation row values; GIFs of the first ``eval.num_gifs`` sequences."""
     config = run.config
-    val_row, scores = validate_model(config, state, run.val_src, run.eval_fns, run.val_key, keep=config.eval.num_gifs,
-                                     cond_stats=run.cond_stats, mesh=run.mesh)
+    val_row, scores = run.validator(state, keep=config.eval.num_gifs)
     for j in range(min(config.eval.num_gifs, len(scores["pred"])) if run.main else 0):
         frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
         frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])
