@@ -10,14 +10,11 @@ count them either).
 
 from __future__ import annotations
 
-import argparse
-import ast
 import sys
 
 import jax
-import ml_collections
 
-from vp_jax.config import ModelConfig, load_config_file, model_config, validate
+from vp_jax.config import ModelConfig, cli_flags_parser, model_config, validate
 from vp_jax.errors import ConfigError, cli_main
 from vp_jax.models.cvae import abstract_variables
 
@@ -55,53 +52,25 @@ def format_table(cfg: ModelConfig) -> str:
     return "\n".join(lines)
 
 
-def _parse_value(raw: str, old):
-    """A command-line override converted to the type of the field it replaces."""
-    if isinstance(old, bool):
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(raw)
-    if isinstance(old, int):
-        return int(raw)
-    if isinstance(old, float):
-        return float(raw)
-    if isinstance(old, (tuple, list)):
-        return tuple(ast.literal_eval(raw))
-    return raw
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Apply ``--config.a.b=value`` arguments (the ml_collections ``config_flags`` syntax)."""
-    for arg in overrides:
-        if not arg.startswith("--config.") or "=" not in arg:
-            raise ConfigError(f"{arg}: expected --config.<field>=<value>")
-        path, raw = arg[len("--config.") :].split("=", 1)
-        node = config
-        *parents, leaf = path.split(".")
-        try:
-            for name in parents:
-                node = node[name]
-            old = node[leaf]
-        except (KeyError, AttributeError, TypeError):
-            raise ConfigError(f"config.{path}: unknown field") from None
-        try:
-            node[leaf] = _parse_value(raw, old)
-        except (ValueError, SyntaxError, TypeError):
-            raise ConfigError(f"config.{path} = {raw!r}: expected a value of type {type(old).__name__}") from None
-    return config
-
-
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vp_jax.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a configs/*.py file")
-    args, overrides = parser.parse_known_args(argv)
-    config = validate(apply_overrides(load_config_file(args.config), overrides))
-    print(f"config: {args.config}")
+    """``python -m vp_jax.summary --config FILE [--config.FIELD=VALUE ...]``: the flags of train.py's
+    ``--config`` (ml_collections ``config_flags``), with the same one-line errors."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "a configs/*.py file", flag_values=fv, lock_config=True)
+    argv = sys.argv[1:] if argv is None else argv
+    rest = cli_flags_parser(fv)(["python -m vp_jax.summary", *argv])
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected argument {rest[1]!r} (options are --config FILE, --config.FIELD=VALUE)")
+    if fv["config"].value is None:
+        raise ConfigError("--config: expected a configs/*.py file")
+    config = validate(fv["config"].value)
+    print(f"config: {fv['config'].config_filename}")
     print(format_table(model_config(config)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
