@@ -1,6 +1,6 @@
 """Cost of the paper's evaluation protocol: N samples from the prior for each test sequence.
 
-The paper protocol (spec §4) draws N = 100 futures for each of the 256 BAIR test sequences.
+The paper protocol (docs/model.md) draws N = 100 futures for each of the 256 BAIR test sequences.
 This times ``make_generate_fn(config, num_samples=N, bn_mode)`` on batches of synthetic
 sequences and prints one JSON object: seconds per batch (median after compilation), the
 protocol's throughput in sequence-samples per second, and the projected time of the whole

@@ -1,8 +1,8 @@
 """The PyTorch baseline of ``benchmarks/train_step.py``: the same network, timed the same way.
 
-An independent PyTorch (CPU) model of the lab's size (spec §2: VGG-64 encoder/decoder with
+An independent PyTorch (CPU) model of the lab's size (docs/model.md: VGG-64 encoder/decoder with
 skips, predictor/posterior/prior LSTMs, condition 7, BatchNorm head) and one training iteration
-in one of two call patterns (spec §3):
+in one of two call patterns (docs/model.md):
 
 * ``original``: the original's loop -- at every step t the encoder runs on x_{t-1} and on x_t
   (22 encoder calls for 2 + 10 frames), the decoder once per step;

@@ -2,7 +2,7 @@
 
 Learned prior, condition c_t = [action (4), end-effector position (3)], BatchNorm head on the
 frame predictor, cyclical KL annealing (3 cycles, ratio 0.5, beta up to 1), lr 0.002, batch 12,
-300 epochs x 600 iterations, 2 context frames + 10 predicted (spec §3).
+300 epochs x 600 iterations, 2 context frames + 10 predicted (docs/model.md).
 
     python train.py --config configs/lab_bair.py --workdir runs/lab_bair \
         --config.data.root=/path/to/processed_data

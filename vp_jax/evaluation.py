@@ -1,6 +1,6 @@
 """Evaluation: jitted generation over a split, the lab metric, the paper's best-of-N, baselines.
 
-The lab metric (spec §4): ``n_past`` context frames, predict frames ``n_past … n_eval-1``, one
+The lab metric (docs/model.md): ``n_past`` context frames, predict frames ``n_past … n_eval-1``, one
 sample, the encoder fed its own predictions, PSNR per frame = mean over channels of
 10·log10(1/MSE_channel), averaged over frames and sequences.
 

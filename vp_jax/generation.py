@@ -1,7 +1,7 @@
 """Autoregressive prediction and teacher-forced reconstruction, jitted for evaluation.
 
 Prediction (:func:`make_generate_fn`) is :func:`vp_jax.models.rollout.generate`: as the
-original's ``generate`` / the lab's ``pred`` (spec §4), n_past context frames in, T - n_past
+original's ``generate`` / the lab's ``pred`` (docs/model.md), n_past context frames in, T - n_past
 predicted frames out, z from the prior, the encoder fed the model's own predictions.
 Reconstruction (:func:`make_reconstruct_fn`) is the training rollout's posterior pass.
 

@@ -5,7 +5,7 @@ All image functions take channels-last arrays ``[..., T, H, W, C]`` with values 
 (samples ``N``, sequences ``B``) are kept.  Computation is in float32 (inputs of other dtypes,
 uint8 included, are cast; pass ``data_range=255`` for uint8 pixels).
 
-PSNR (the lab metric, spec §4)::
+PSNR (the lab metric, docs/model.md)::
 
     MSE_c    = mean_{h,w} (pred[..., h, w, c] - target[..., h, w, c])^2
     PSNR     = mean_c 10 * log10(data_range^2 / max(MSE_c, data_range^2 * 10^(-PSNR_CAP/10)))
@@ -14,7 +14,7 @@ i.e. the per-channel PSNR averaged over the channels (not the PSNR of the all-ch
 A channel with zero error would give +inf; it is capped at ``PSNR_CAP`` = 100 dB, so identical
 frames score exactly 100 dB and averages stay finite.
 
-SSIM (Wang et al. 2004, as in the SVG paper protocol, spec §4)::
+SSIM (Wang et al. 2004, as in the SVG paper protocol, docs/model.md)::
 
     mu_x = G * x,  mu_y = G * y                      (G: 11x11 Gaussian, sigma 1.5, sum 1)
     s_x2 = G * x^2 - mu_x^2,  s_y2 = G * y^2 - mu_y^2,  s_xy = G * (x y) - mu_x mu_y
@@ -185,7 +185,7 @@ def best_and_mean_of_n(per_frame_scores, higher_is_better: bool = True) -> dict:
 def copy_last_baseline(context_last_frame, T: int):
     """Repeat the last context frame ``[..., H, W, C]`` T times -> ``[..., T, H, W, C]``.
 
-    The "nothing moves" baseline printed beside the model (spec §4).  For frames
+    The "nothing moves" baseline printed beside the model (docs/model.md).  For frames
     ``[..., S, H, W, C]`` use ``copy_last_baseline(frames[..., n_past - 1, :, :, :], T)``.
     """
     x = jnp.asarray(context_last_frame)

@@ -3,7 +3,7 @@
 Each ``*_schedule(config)`` returns ``fn(step) -> float32 scalar``; ``step`` may be a Python int
 or a traced int32, so the train step compiles once however the values change.  Epoch-based
 schedules use ``epoch = step // config.train.epoch_size`` (the lab updates beta and tfr once per
-epoch, spec §3).
+epoch, docs/model.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reader of the NYCU lab's folder layout of BAIR robot pushing (spec §1).
+"""Reader of the NYCU lab's folder layout of BAIR robot pushing (docs/model.md).
 
 Layout::
 

@@ -8,7 +8,7 @@ outputs, so the rollout over frames (:mod:`vp_jax.models.rollout`, for training 
 BatchNorm running statistics.  Call the methods through ``model.apply(variables, ...,
 method=ConditionalVAE.encode, mutable=['batch_stats'])``.
 
-One frame step t (spec §3)::
+One frame step t (docs/model.md)::
 
     h_{t-1}, skip = encode(x_{t-1} or x̂_{t-1})
     z_t, mu_q, lv_q = infer_posterior(h_t)          # h_t = encode(x_t), ground truth

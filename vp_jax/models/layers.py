@@ -3,7 +3,7 @@
 Shapes are channels-last: images ``[B, H, W, C]`` or, with a time axis, ``[B, T, H, W, C]``
 (or time-major ``[T, B, H, W, C]``; the BatchNorm is told which axis is time).
 
-Initialisation follows the original SVG code (spec §2): conv / transposed conv / linear weights
+Initialisation follows the original SVG code (docs/model.md): conv / transposed conv / linear weights
 N(0, 0.02) and zero bias; BatchNorm scale N(1, 0.02) and zero shift.
 """
 
@@ -51,7 +51,7 @@ class BatchNorm(nn.Module):
     0 for time-major ``[T, B, H, W, C]``), the statistics are computed separately for every time
     step (over batch and space) and the running statistics are updated once per time step in
     time order -- exactly what PyTorch produces when the original calls the layer once per
-    frame.  Normalising all ``B*T`` frames with one set of statistics would not (spec §3).
+    frame.  Normalising all ``B*T`` frames with one set of statistics would not (docs/model.md).
 
     The running statistics are not touched while the module is being initialised (like Flax's
     ``nn.BatchNorm`` and like PyTorch, where constructing a layer updates nothing).
@@ -218,7 +218,7 @@ class SkipConcatConv(nn.Module):
     Computed as ``conv(x, K[:, :, :C]) + conv(skip, K[:, :, C:]) + b``. The parameters are those of
     ``nn.Conv`` on the concatenation (``kernel [3, 3, C + S, F]``, ``bias [F]``, same names, same
     initialisation), and so is the function, up to float summation order. The point is the
-    decoder (spec §2): one skip tensor serves many time steps (the original's fixed skip frame),
+    decoder (docs/model.md): one skip tensor serves many time steps (the original's fixed skip frame),
     so its half of the convolution -- a third of the decoder's FLOPs -- runs once per distinct
     skip frame instead of once per step.
 

@@ -1,4 +1,4 @@
-"""LSTMs of the SVG model (spec §2, the original ``models/lstm.py``), with explicit state.
+"""LSTMs of the SVG model (docs/model.md, the original ``models/lstm.py``), with explicit state.
 
 Every network is ``Linear embed (no activation) -> N LSTM cells -> head``.  The recurrent state
 is an explicit pytree passed in and returned (never module state): a tuple with one ``(c, h)``

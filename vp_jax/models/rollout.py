@@ -1,6 +1,6 @@
 """The model run over frames: the one rollout that training, reconstruction and generation share.
 
-One frame step t (spec §3)::
+One frame step t (docs/model.md)::
 
     h_{t-1}, skip = encode(x_{t-1}, or x̂_{t-1} when not teacher forced)
     z_t           ~ q(z | h_t)  (posterior, h_t = encode(x_t))   or   p(z | h_{t-1})  (prior)

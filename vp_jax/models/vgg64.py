@@ -1,4 +1,4 @@
-"""VGG-64 encoder and decoder with skip connections (spec §2, the original ``models/vgg_64.py``).
+"""VGG-64 encoder and decoder with skip connections (docs/model.md, the original ``models/vgg_64.py``).
 
 Stage widths come from ``ModelConfig.enc_widths`` ``(w1, w2, w3, w4)``, default
 ``(64, 128, 256, 512)``; the decoder mirrors them.  Both networks accept an optional time axis:

@@ -1,6 +1,6 @@
 """TrainState and its creation: parameters, BatchNorm running statistics, optimiser state.
 
-The optimiser is one Adam over all parameters (spec §3) wrapped in ``optax.apply_if_finite``:
+The optimiser is one Adam over all parameters (docs/model.md) wrapped in ``optax.apply_if_finite``:
 an update whose gradients hold a NaN/Inf is skipped (parameters and Adam moments unchanged);
 after ``train.max_nonfinite`` consecutive skips optax gives up and applies it -- the training
 loop is expected to stop the run before that (``metrics['nonfinite_count']``).
