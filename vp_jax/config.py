@@ -17,6 +17,7 @@ import ml_collections
 
 from vp_jax._compat import is_deferred_config_error
 from vp_jax.errors import ConfigError
+from vp_jax.fileio import write_text
 
 SKIP_FRAMES = ("original", "last_context", "every_step")
 OUTPUTS = ("frame", "composite")
@@ -264,10 +265,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def save_config_json(config: ml_collections.ConfigDict, path: str) -> None:
     """Write the config as JSON (temporary file + rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config_json(path: str) -> ml_collections.ConfigDict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from vp_jax import fileio
 from vp_jax import metrics as M
 from vp_jax.generation import make_generate_fn
 
@@ -253,18 +253,12 @@ def summarize(scores: dict, moving_threshold: float = M.MOVING_THRESHOLD) -> dic
 
 
 def write_json(obj: dict, path: str) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    fileio.write_json(path, obj)
 
 
 def write_npz(path: str, **arrays) -> None:
-    """Write an .npz atomically."""
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with fileio.atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 class Validator:

@@ -8,7 +8,6 @@ half-written file.  Nothing here imports JAX: inputs are NumPy arrays (JAX array
 from __future__ import annotations
 
 import os
-import tempfile
 
 import matplotlib
 
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vp_jax.errors import DataError  # noqa: E402
+from vp_jax.fileio import atomic_path  # noqa: E402
 
 CONTEXT_COLOR = (0, 200, 0)  # border of context (ground-truth-fed) frames
 PRED_COLOR = (220, 0, 0)  # border of predicted frames
@@ -29,24 +29,10 @@ PROGRESS_PX = 3  # height of the time bar under a GIF
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_path(path: str, suffix: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    return tmp
-
-
 def _write_atomically(path: str, suffix: str, write) -> str:
     """``write(tmp)`` into a temporary sibling of ``path``, renamed to ``path`` when complete."""
-    tmp = _atomic_path(path, suffix)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -36,6 +36,7 @@ import sys
 import warnings
 
 from vp_jax._compat import jax_backend_started
+from vp_jax.fileio import write_json
 
 OPT_OUT_ENV = "VP_JAX_NO_XLA_FLAGS"
 
@@ -124,10 +125,7 @@ def _write_cache(cache: dict) -> None:
     path = _cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json(path, cache, indent=1, sort_keys=True)
     except OSError:  # a read-only home: probe again next time
         pass
 

@@ -50,7 +50,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -65,6 +64,7 @@ from tqdm.auto import tqdm
 from vp_jax.data.lab_folders import natural_key, sequence_files, write_sequence
 from vp_jax.data.records import count_records, feature_values, parse_example, read_records
 from vp_jax.errors import DataError, cli_main
+from vp_jax.fileio import write_json
 
 CAMERAS = ("image_aux1", "image_main")
 NUM_FRAMES = 30
@@ -307,10 +307,7 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, value)
 
 
 def _shard_info(folder: str) -> dict:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from vp_jax.data.lab_folders import SPLITS
 from vp_jax.errors import DataError, cli_main
+from vp_jax.fileio import atomic_path
 
 SOURCES = ("lab", "pushbot", "bair", "tfds")
 
@@ -222,9 +223,8 @@ def main(argv=None) -> None:
             raise DataError(f"{args.root}: no sound sequence to put on a contact sheet")
         import imageio.v3 as iio
 
-        tmp = args.sheet + ".tmp.png"
-        iio.imwrite(tmp, contact_sheet(report["sheet"]))
-        os.replace(tmp, args.sheet)
+        with atomic_path(args.sheet, suffix=".png") as tmp:
+            iio.imwrite(tmp, contact_sheet(report["sheet"]))
         print(f"wrote {args.sheet}: {len(report['sheet'])} sequences, every third frame")
     if report["first_problem"]:
         s = "" if report["bad"] == 1 else "s"

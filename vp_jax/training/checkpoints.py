@@ -7,14 +7,17 @@
   statistics, optimiser state including the non-finite counter, step), and
 * ``meta``: JSON — epoch, the data iterator's state, the base RNG seed, validation PSNR, the
   epoch's ``metrics.csv`` row, the model config that wrote it (so a checkpoint from another
-  model is refused by name) and ``state_sha256``, a checksum of the state's contents.
+  model is refused by name) and ``state_sha256``, a checksum of the state's contents;
+
+and beside them ``files.sha256.json``, the checksum of every file of the finished checkpoint.
 
 Crash safety. Orbax writes every checkpoint into a temporary folder and renames it when
 complete, so a killed process never leaves a checkpoint that looks finished; leftover temporary
 folders are removed when training opens the store again. Saving is synchronous: the train
 loop's next step does not overlap with it, which keeps resumption exact and simple. A
-checkpoint damaged afterwards (a truncated or deleted file, a flipped bit) fails to restore or
-fails its checksum: :meth:`CheckpointStore.restore` raises :class:`DamagedCheckpointError`, and
+checkpoint damaged afterwards (a truncated or deleted file, a flipped bit) fails its file
+checksums before orbax reads it (or, without them, fails to restore or fails the state
+checksum): :meth:`CheckpointStore.restore` raises :class:`DamagedCheckpointError`, and
 :meth:`CheckpointStore.restore_for_resume` moves it to ``checkpoints/damaged/`` and falls back to
 the previous one.
 """
@@ -22,13 +25,10 @@ the previous one.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
-import logging
 import os
-import re
+import json
 import shutil
-import sys
 import warnings
 
 import jax
@@ -38,10 +38,12 @@ import orbax.checkpoint as ocp
 from vp_jax._compat import await_orbax_tmp_cleanup
 from vp_jax.config import ModelConfig
 from vp_jax.errors import CheckpointError
+from vp_jax.fileio import write_text
 
 LATEST = "latest"
 BEST = "best"
 DAMAGED = "damaged"
+MANIFEST = "files.sha256.json"
 
 
 class DamagedCheckpointError(CheckpointError):
@@ -135,61 +137,54 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _is_orbax_leftover(unraisable) -> bool:
-    exc, obj = unraisable.exc_value, unraisable.object
-    code = getattr(obj, "cr_code", None)
-    if code is not None and "orbax" in code.co_filename:
-        return True  # a read coroutine of the failed restore, closed unawaited
-    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)  # its late callbacks
+def _file_digests(step_dir: str) -> dict[str, str]:
+    """SHA-256 of every file under a checkpoint's step folder, by relative path (the manifest
+    itself excluded)."""
+    digests = {}
+    for dirpath, _, names in os.walk(step_dir):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel == MANIFEST:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digests[rel] = h.hexdigest()
+    return dict(sorted(digests.items()))
 
 
-_STATUS = re.compile(r"^[A-Z_]+: ")  # how TensorStore's errors begin: "FAILED_PRECONDITION: ..."
+def write_manifest(step_dir: str) -> None:
+    """Record every file of a finished checkpoint with its checksum (temporary name, then rename)."""
+    write_text(os.path.join(step_dir, MANIFEST), json.dumps(_file_digests(step_dir), indent=0))
 
 
-def _raised_by_orbax(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what caused it) came out of orbax's or TensorStore's reads."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if _STATUS.match(str(exc)):
-            return True
-        frame = exc.__traceback__
-        while frame is not None:
-            if "orbax" in frame.tb_frame.f_code.co_filename:
-                return True
-            frame = frame.tb_next
-        exc = exc.__cause__ or exc.__context__
-    return False
+def damaged_files(step_dir: str) -> str | None:
+    """Why the files of ``step_dir`` differ from its manifest (missing, changed or unreadable), or
+    None when they match or when the checkpoint has no manifest (written before manifests were
+    kept, or by a process killed between orbax's rename and the manifest: orbax's own checks
+    apply then).
 
-
-class _UnretrievedReadErrors(logging.Filter):
-    """Drops asyncio's "Task/Future exception was never retrieved" records of the sibling reads of
-    a failed restore, collected after orbax gave up on them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not ("exception was never retrieved" in str(record.msg) and _raised_by_orbax(exc))
-
-
-def _silence_orbax_leftovers() -> None:
-    """A failed orbax restore leaves read coroutines, tasks and callbacks behind. Their reports
-    ("Event loop is closed" from a read finishing after the restore's event loop closed through
-    ``sys.unraisablehook``; "exception was never retrieved" through the ``asyncio`` logger) come
-    while the restore is still unwinding, or later, or at exit, and would bury the one-line
-    message. Drop exactly those from before the first read on (idempotent; others pass)."""
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _UnretrievedReadErrors) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_UnretrievedReadErrors())
-    previous = sys.unraisablehook
-    if getattr(previous, "_vp_jax", False):
-        return
-
-    def hook(unraisable):
-        if not _is_orbax_leftover(unraisable):
-            previous(unraisable)
-
-    hook._vp_jax = True
-    sys.unraisablehook = hook
+    Checked before orbax reads anything: a read that fails inside orbax abandons its sibling
+    reads, which report themselves later on stderr; a checkpoint that matches its manifest reads
+    back."""
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            expected = json.load(f)
+        actual = _file_digests(step_dir)
+    except (OSError, ValueError) as err:
+        return f"file manifest unreadable: {_reason(err)}"
+    missing = sorted(set(expected) - set(actual))
+    if missing:
+        return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+    changed = sorted(k for k in expected if expected[k] != actual[k])
+    if changed:
+        return f"{len(changed)} file(s) differ from the checksums saved with them, e.g. {changed[0]}"
+    return None
 
 
 def _like_target(restored, target):
@@ -240,15 +235,22 @@ class CheckpointStore:
             best_psnr = -np.inf
             if best is not None:
                 try:
+                    if damaged_files(os.path.join(str(self._best.directory), str(best))):
+                        raise DamagedCheckpointError("best checkpoint damaged")
                     best_psnr = float(self._read_meta(self._best, best).get("val_psnr") or -np.inf)
                 except Exception:  # noqa: BLE001 - a damaged best copy is replaced
                     self._quarantine(self._best, best)
             if val_psnr > best_psnr:
-                self._best.save(step, args=args, metrics={"val_psnr": float(val_psnr)}, force=True)
+                self._save(self._best, step, args, metrics={"val_psnr": float(val_psnr)})
         if step in self._latest.all_steps():  # only after a crash: replace it
             self._latest.delete(step)
-        self._latest.save(step, args=args, force=True)
-        self.wait()
+        self._save(self._latest, step, args)
+
+    def _save(self, manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
+        manager.save(step, args=args, force=True, **kwargs)
+        manager.wait_until_finished()
+        if jax.process_index() == 0:
+            write_manifest(os.path.join(str(manager.directory), str(step)))
 
     def _read_meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -292,7 +294,9 @@ class CheckpointStore:
         def damaged(reason: str) -> DamagedCheckpointError:
             return DamagedCheckpointError(f"{path}: damaged checkpoint ({reason}); {self._saved()}", reason)
 
-        _silence_orbax_leftovers()
+        reason = damaged_files(path)
+        if reason:
+            raise damaged(reason)
         try:
             meta = self._read_meta(manager, step)
             if not isinstance(meta, dict):
@@ -308,7 +312,6 @@ class CheckpointStore:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             )["state"]
         except Exception as err:  # noqa: BLE001
-            gc.collect()  # report (and drop) the leftovers now, not at exit
             raise damaged(f"state unreadable: {_reason(err)}") from None
         expected = meta.get("state_sha256")
         if expected and state_digest(restored) not in (None, expected):

@@ -26,6 +26,7 @@ from flax import traverse_util
 
 from vp_jax.config import ModelConfig, load_config_json, validate
 from vp_jax.errors import ConfigError, VPError
+from vp_jax.fileio import atomic_path
 from vp_jax.training.checkpoints import has_checkpoints
 
 
@@ -115,9 +116,8 @@ def read_metrics(path: str, upto_epoch: int) -> pd.DataFrame:
 
 
 def write_csv(frame: pd.DataFrame, path: str) -> None:
-    tmp = path + ".tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def prepare_workdir(config, workdir: str):
