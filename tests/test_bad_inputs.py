@@ -291,7 +291,7 @@ def test_resume_of_another_model_is_refused_by_the_checkpoint(ckpt_copy):
     """config.json gone (nothing to compare the config with): the checkpoint itself names the field,
     and the workdir is left as it was (no config.json written)."""
     os.remove(os.path.join(ckpt_copy, "config.json"))
-    before = sorted(set(os.listdir(ckpt_copy)) | {".lock"})  # (train.py's lock file stays; harmless)
+    before = sorted(set(os.listdir(ckpt_copy)) | {".lock", ".lock.pid"})  # (train.py's lock files stay; harmless)
     proc = cli(*train_resume(ckpt_copy, "--config.model.z_dim=8"))
     assert_one_line_error(proc, "checkpoints/latest/3: written by another model", "model.z_dim: checkpoint has 4, config has 8")
     assert sorted(os.listdir(ckpt_copy)) == before

@@ -45,3 +45,17 @@ def test_workdir_written_before_a_field_existed_resumes_with_its_default():
     changed.model.output = "composite"
     with pytest.raises(ConfigError, match=r"model\.output"):
         check_same_run(saved, changed)
+
+
+def test_one_writer_per_workdir(tmp_path):
+    """A second lock on the same workdir is refused in one line naming the holder's pid; once the
+    first is released (or its process died), the workdir can be locked again."""
+    from vp_jax.errors import VPError
+    from vp_jax.training.workdir import WorkdirLock
+
+    with WorkdirLock(str(tmp_path)):
+        with pytest.raises(VPError, match=rf"\.lock: another train.py \(pid {os.getpid()}\) is training this workdir"):
+            with WorkdirLock(str(tmp_path)):
+                pass
+    with WorkdirLock(str(tmp_path)):
+        pass

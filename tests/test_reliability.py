@@ -168,7 +168,7 @@ def interrupted(ctx, reference):
     lock = os.path.join(workdir, ".lock")
     first = Train(ctx, "interrupted-1", *train_args(ctx, workdir))
     deadline = time.time() + 120
-    while not (os.path.exists(lock) and open(lock).read() == str(first.proc.pid)):
+    while not (os.path.exists(lock + ".pid") and open(lock + ".pid").read() == str(first.proc.pid)):
         assert time.time() < deadline and first.proc.poll() is None, first.stderr
         time.sleep(0.05)
     second = run_train(ctx, "second-writer", *train_args(ctx, workdir), check=False)

@@ -9,24 +9,24 @@ A workdir after training::
     DIR/plots/*.png            loss/MSE/KL, schedules, validation PSNR (refreshed every epoch)
     DIR/gifs/epoch_XXX.gif     validation predictions beside ground truth
     DIR/checkpoints/{latest,best}/<step>/   orbax checkpoints (see checkpoints.py)
-    DIR/.lock                  held while a train.py writes here
+    DIR/.lock, .lock.pid       held while a train.py writes here (and by which process)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import shutil
 
+import filelock
 import pandas as pd
 import psutil
 from flax import traverse_util
 
 from vp_jax.config import ModelConfig, load_config_json, validate
 from vp_jax.errors import ConfigError, VPError
-from vp_jax.fileio import atomic_path
+from vp_jax.fileio import atomic_path, write_text
 from vp_jax.training.checkpoints import has_checkpoints
 
 
@@ -70,36 +70,34 @@ def check_same_run(saved, config) -> None:
 
 
 class WorkdirLock:
-    """An exclusive ``flock`` on ``DIR/.lock``: one writer per workdir.
+    """An exclusive lock on ``DIR/.lock`` (``filelock``): one writer per workdir; the holder's
+    pid in ``DIR/.lock.pid`` for the message a second writer gets.
 
     The kernel drops the lock when its process dies, so a killed run never blocks the next
-    (the stale ``.lock`` file left behind is harmless: only the ``flock`` counts).
+    (the files left behind are harmless: only the lock counts).
     """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, ".lock")
-        self._fd = None
+        self._lock = filelock.FileLock(self.path, timeout=0)
 
     def __enter__(self):
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock.acquire()
+        except filelock.Timeout:
             try:
-                holder = f" (pid {int(os.read(self._fd, 32).decode().strip())})"
+                with open(self.path + ".pid") as f:
+                    holder = f" (pid {int(f.read().strip())})"
             except (OSError, ValueError):
                 holder = ""
-            os.close(self._fd)
             raise VPError(
                 f"{self.path}: another train.py{holder} is training this workdir; one writer per workdir"
             ) from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, str(os.getpid()).encode())
+        write_text(self.path + ".pid", str(os.getpid()))
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        self._lock.release()
 
 
 def read_metrics(path: str, upto_epoch: int) -> pd.DataFrame:
