@@ -55,6 +55,89 @@ def test_training_curves_bad_csv(tmp_path):
         visualize.plot_training_curves(str(p), str(tmp_path))
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions draw, by file name, captured before they are written."""
+    captured = {}
+    save = visualize._save_fig
+
+    def keep(fig, path):
+        captured[os.path.basename(path)] = [
+            {
+                "title": ax.get_title(),
+                "ylabel": ax.get_ylabel(),
+                "yscale": ax.get_yscale(),
+                "lines": {ln.get_label(): (np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float))
+                          for ln in ax.get_lines() if not ln.get_label().startswith("_")},
+                "unlabelled": [np.asarray(ln.get_ydata(), float) for ln in ax.get_lines() if ln.get_label().startswith("_")],
+                "xs": [np.asarray(ln.get_xdata(), float) for ln in ax.get_lines()],
+                "texts": [t.get_text() for t in ax.texts],
+            }
+            for ax in fig.axes
+        ]
+        return save(fig, path)
+
+    monkeypatch.setattr(visualize, "_save_fig", keep)
+    return captured
+
+
+def test_training_curves_plot_the_csv_values(tmp_path, figures):
+    """Each panel draws its CSV column against the epoch (validation only where it ran), the best
+    validation PSNR is annotated, and a column spanning more than a factor 20 goes on a log axis."""
+    import pandas as pd
+
+    csv = _write_csv(tmp_path / "metrics.csv", n=8, val_every=3)
+    df = pd.read_csv(csv)
+    visualize.plot_training_curves(csv, str(tmp_path / "plots"))
+    loss, mse, kl = figures["loss.png"]
+    np.testing.assert_allclose(loss["unlabelled"][0], df["loss"])
+    np.testing.assert_array_equal(loss["xs"][0], np.arange(8))  # one row per epoch: the epoch axis
+    np.testing.assert_allclose(mse["unlabelled"][0], df["mse"])
+    np.testing.assert_allclose(kl["unlabelled"][0], df["kl"])
+    assert loss["yscale"] == "linear"  # 0.05 .. 0.00625: a factor 8
+    sched, lr = figures["schedules.png"]
+    np.testing.assert_allclose(sched["lines"]["β (KL weight)"][1], df["beta"])
+    np.testing.assert_allclose(sched["lines"]["teacher forcing ratio"][1], df["tfr"])
+    val, sens = figures["val_psnr.png"]
+    vx, vy = val["lines"]["model (all pixels)"]
+    ran = df["val_psnr"].notna()
+    np.testing.assert_allclose(vx, df.loc[ran, "epoch"])
+    np.testing.assert_allclose(vy, df.loc[ran, "val_psnr"])
+    assert list(vx) == [2, 5]
+    assert val["texts"] == [f"best {df['val_psnr'].max():.2f} dB @ epoch 5"]
+    assert sens["texts"] == ["no action sensitivity yet"]
+
+    spread = tmp_path / "spread.csv"  # KL over five orders of magnitude: log axis
+    spread.write_text("epoch,loss,mse,kl\n0,1,1,1e-5\n1,1,1,1e-3\n2,1,1,1\n")
+    visualize.plot_training_curves(str(spread), str(tmp_path / "plots2"))
+    assert [ax["yscale"] for ax in figures["loss.png"]] == ["linear", "linear", "log"]
+
+
+def test_per_frame_curves_are_the_metrics(tmp_path, figures):
+    """One curve per entry on frames n_past.., multi-sample arrays averaged over samples, the mean
+    in the legend; a metric nobody has gets a note."""
+    t = 10
+    model = 25 - 0.3 * np.arange(t)
+    best = np.stack([model + 1, model + 3])  # [N, T]: averaged to model + 2
+    m = {
+        "n_past": 2,
+        "model": {"psnr_per_frame": list(model), "ssim_per_frame": list(0.9 - 0.01 * np.arange(t))},
+        "baseline_copy_last": {"psnr_per_frame": [None] + list(22 - 0.5 * np.arange(1, t))},
+        "best_of_n": {"psnr_per_frame": best},
+    }
+    visualize.plot_per_frame(m, str(tmp_path / "per_frame.png"))
+    psnr, moving, ssim = figures["per_frame.png"]
+    lines = psnr["lines"]
+    assert sorted(lines) == sorted([f"model (mean {model.mean():.3g})", f"best_of_n (mean {model.mean() + 2:.3g})",
+                                    f"baseline_copy_last (mean {np.mean(22 - 0.5 * np.arange(1, t)):.3g})"])
+    x, y = lines[f"model (mean {model.mean():.3g})"]
+    np.testing.assert_array_equal(x, np.arange(2, 2 + t))
+    np.testing.assert_allclose(y, model)
+    np.testing.assert_allclose(lines[f"best_of_n (mean {model.mean() + 2:.3g})"][1], model + 2)
+    assert moving["texts"] == ["no psnr_moving per frame"] and not moving["lines"]
+    assert len(ssim["lines"]) == 1
+
+
 def test_plot_per_frame(tmp_path):
     t = 10
     m = {
