@@ -46,13 +46,6 @@ def _make_scorer(moving_threshold: float):
     return score
 
 
-def _batches(num: int, batch_size: int, max_batches: int):
-    starts = list(range(0, num, batch_size))
-    if max_batches:
-        starts = starts[:max_batches]
-    return [(s, min(s + batch_size, num)) for s in starts]
-
-
 def predict_and_score(
     config,
     params,
@@ -100,6 +93,7 @@ def predict_and_score(
     (:class:`vp_jax.perceptual.LPIPSScorer`, :class:`vp_jax.fvd.FVDScorer`).
     """
     from vp_jax import parallel
+    from vp_jax.data.pipeline import eval_batches, standardize
 
     n_past, n_eval = config.n_past, config.n_eval
     if isinstance(mesh, str):
@@ -116,31 +110,31 @@ def predict_and_score(
         for name, value in scores.items():
             out.setdefault(prefix + name, []).append(np.asarray(value)[..., :keep, :])
 
-    def conditions(idx):
-        cond = np.asarray(source.cond[idx, :n_eval], dtype=np.float32)
-        if cond_stats is not None:
-            cond = (cond - cond_stats["mean"]) / cond_stats["std"]
-        return cond[..., : config.model.cond_dim]
-
-    spans = _batches(len(source), batch_size, max_batches)
-    for i, (lo, hi) in enumerate(tqdm(spans, desc="generate", disable=not progress, leave=False)):
-        idx = np.arange(lo, lo + batch_size).clip(max=hi - 1)  # pad the last batch
-        keep = hi - lo
-        frames = np.asarray(source.frames[idx, :n_eval])
+    cond_dim = config.model.cond_dim
+    num_batches = -(-len(source) // batch_size)
+    if max_batches:
+        num_batches = min(num_batches, max_batches)
+    # Every sequence once, in order; the last batch padded by repeating its last sequence.
+    batches = eval_batches(source, batch_size, n_eval, cond_stats=cond_stats, pad_last=True)
+    for i, batch in zip(tqdm(range(num_batches), desc="generate", disable=not progress, leave=False), batches):
+        keep = int(batch["mask"].sum())
+        frames = batch["frames"]
         target, reference = frames[:, n_past:], frames[:, n_past - 1]
         batch_key = jax.random.fold_in(key, i)
-        frames_in, cond_in = parallel.put_batch((frames, conditions(idx)), mesh)
+        frames_in, cond_in = parallel.put_batch((frames, batch["cond"][..., :cond_dim]), mesh)
         pred = fns["generate"](params, batch_stats, frames_in, cond_in, batch_key)
         pred_u8, psnr, ssim, moving_psnr, moving = score(pred, target, reference)
         add("", {"psnr": psnr, "ssim": ssim, "psnr_moving": moving_psnr}, keep)  # [N, B, T]
         for scorer in extra_scorers:
             scorer.update(pred_u8, frames, keep)
         add("moving_", {"fraction": np.asarray(moving).mean(axis=(-2, -1))}, keep)
-        copy = jnp.asarray(np.broadcast_to(reference[:, None], target.shape), jnp.float32)[None] / 255.0
+        copy = M.copy_last_baseline(reference, n_eval - n_past).astype(jnp.float32)[None] / 255.0
         _, c_psnr, c_ssim, c_moving, _ = score(copy, target, reference)
         add("copy_", {"psnr": c_psnr[0], "ssim": c_ssim[0], "psnr_moving": c_moving[0]}, keep)
         if shuffled_permutation is not None:
-            (cond_sh,) = parallel.put_batch((conditions(shuffled_permutation[idx]),), mesh)
+            idx = np.arange(i * batch_size, (i + 1) * batch_size).clip(max=len(source) - 1)  # as padded
+            cond_sh = standardize(np.asarray(source.cond[shuffled_permutation[idx], :n_eval], np.float32), cond_stats)
+            (cond_sh,) = parallel.put_batch((cond_sh[..., :cond_dim],), mesh)
             pred_sh = fns["generate_one"](params, batch_stats, frames_in, cond_sh, batch_key)
             _, s_psnr, s_ssim, s_moving, _ = score(pred_sh, target, reference)
             add("shuffled_", {"psnr": s_psnr[0], "ssim": s_ssim[0], "psnr_moving": s_moving[0]}, keep)
@@ -152,6 +146,7 @@ def predict_and_score(
             out.setdefault("pred", []).append(np.asarray(pred_u8[0, :keep]))
             out.setdefault("target", []).append(target[:keep])
             out.setdefault("context", []).append(frames[:keep, :n_past])
+    batches.close()
     out = {k: np.concatenate(parts, axis=1 if k in ("psnr", "ssim", "psnr_moving") else 0) for k, parts in out.items()}
     for scorer in extra_scorers:
         out.update(scorer.result())

@@ -197,6 +197,17 @@ def condition_stats(source: SequenceSource, chunk: int = 4096) -> dict:
 # ----------------------------------------------------------------------------- batches
 
 
+def standardize(cond: np.ndarray, cond_stats: dict | None, out: np.ndarray | None = None) -> np.ndarray:
+    """``(cond - mean) / std`` with the training split's :func:`condition_stats` (float32, as
+    every batch gets it); ``cond`` itself when ``cond_stats`` is None. ``out``: write in place."""
+    if cond_stats is None:
+        return cond
+    mean = np.asarray(cond_stats["mean"], np.float32)
+    inv_std = np.float32(1.0) / np.asarray(cond_stats["std"], np.float32)
+    out = np.subtract(cond, mean, out=out, dtype=np.float32)
+    return np.multiply(out, inv_std, out=out)
+
+
 class _BatchMaker:
     """The pure part of :class:`BatchIterator`: batch (epoch, position) -> arrays.
 
@@ -208,11 +219,7 @@ class _BatchMaker:
         self.source, self.batch_size, self.seq_len, self.seed = source, batch_size, seq_len, int(seed)
         self.shuffle, self.random_offset, self.start, self.pad_last = shuffle, random_offset, start, pad_last
         self.sharding = sharding
-        if cond_stats is not None:
-            self.mean = np.asarray(cond_stats["mean"], np.float32)
-            self.inv_std = 1.0 / np.asarray(cond_stats["std"], np.float32)
-        else:
-            self.mean = self.inv_std = None
+        self.cond_stats = cond_stats
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
 
@@ -244,9 +251,7 @@ class _BatchMaker:
         # copy per sequence, faster than numpy's fancy indexing of a memmap.
         for k, (i, o) in enumerate(zip(idx.tolist(), offs.tolist())):
             frames[k], cond[k] = self.source.window(i, o, self.seq_len)
-        if self.mean is not None:
-            cond -= self.mean
-            cond *= self.inv_std
+        standardize(cond, self.cond_stats, out=cond)
         batch = {"frames": frames, "cond": cond}
         if self.pad_last:
             batch["mask"] = np.arange(len(idx)) < real
