@@ -36,3 +36,14 @@ def test_a_misspelt_field_is_one_line():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: --config.model.zdim=8: config.model has no field 'zdim' (did you mean config.model.z_dim?)"]
+
+
+def test_design_doc_lists_every_module():
+    """docs/design.md's module map names each module of the package, and no module that is gone."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "design.md")).read()
+    layout = text.split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^\s+(\w+\.py)\b", layout, flags=re.M))
+    on_disk = {name for _, _, names in os.walk(os.path.join(root, "vp_jax"))
+               for name in names if name.endswith(".py") and name != "__init__.py"}
+    assert listed == on_disk, f"missing from docs/design.md: {sorted(on_disk - listed)}; gone: {sorted(listed - on_disk)}"
