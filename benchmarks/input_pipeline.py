@@ -9,6 +9,10 @@ Prints one JSON object:
 * ``png_sequences_per_s``: sequences per second read straight from the lab folder layout
   (PNG decode + CSV parse), for the first 12 frames and for all 30 (what a cache build does).
 * ``pushbot_sequences_per_s``: 30-frame sequences generated and written per second (2 workers).
+* with ``--grain`` (``pip install grain`` first; not a vp_jax dependency): ``grain_sequences_per_s``,
+  the same batches (per-epoch shuffle, 12-frame windows, batch 12 and 32) from a ``grain``
+  ``MapDataset -> shuffle -> batch -> to_iter_dataset`` pipeline with 2 read threads, interleaved
+  run by run with ``cache_sequences_per_s``.
 
 Each figure is the median over ``--repeats`` runs. A pushbot set of ``--sequences`` training
 sequences is generated in a temporary folder (or ``--workdir``) and removed afterwards.
@@ -49,6 +53,22 @@ def read_first(seq: str, frames: int) -> int:
     return 1
 
 
+def grain_batches(source: SequenceSource, batch: int, seq_len: int, seed: int):
+    """BatchIterator's batches (shuffled every epoch, first ``seq_len`` frames) through grain."""
+    import grain
+
+    class Windows(grain.sources.RandomAccessDataSource):
+        def __len__(self):
+            return len(source)
+
+        def __getitem__(self, i):
+            frames, cond = source.window(int(i), 0, seq_len)
+            return {"frames": frames, "cond": cond}
+
+    ds = grain.MapDataset.source(Windows()).seed(seed).shuffle().repeat().batch(batch, drop_remainder=True)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sequences", type=int, default=512, help="training sequences in the benchmark set")
@@ -56,6 +76,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run")
     p.add_argument("--gen-sequences", type=int, default=128, help="sequences per generation run")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--grain", action="store_true", help="also time the same batches through grain")
     args = p.parse_args()
 
     work = args.workdir or tempfile.mkdtemp(prefix="vp_bench_")
@@ -77,14 +98,19 @@ def main() -> None:
         frames, cond, _ = cache.open_cache(os.path.join(work, "cache"))
         source = SequenceSource(frames, cond, name="bench")
 
-        cached = {}
+        cached, grained = {}, {}
         for batch in (12, 32):
-            runs = []
+            runs, grain_runs = [], []
             for r in range(args.repeats):
                 it = BatchIterator(source, batch, 12, seed=r, prefetch=2)
                 runs.append(rate(lambda: len(next(it)["frames"]), args.seconds))
                 it.close()
+                if args.grain:
+                    it = grain_batches(source, batch, 12, seed=r)
+                    grain_runs.append(rate(lambda: len(next(it)["frames"]), args.seconds))
             cached[f"batch{batch}"] = round(statistics.median(runs))
+            if args.grain:
+                grained[f"batch{batch}"] = round(statistics.median(grain_runs))
 
         seqs = list_sequences(root, "train")
         png = {}
@@ -101,6 +127,7 @@ def main() -> None:
                     cpus=os.cpu_count(),
                     load_average_1min=round(os.getloadavg()[0], 2),
                     cache_sequences_per_s=cached,
+                    **(dict(grain_sequences_per_s=grained) if args.grain else {}),
                     png_sequences_per_s=png,
                     cache_build_sequences_per_s=round(build, 1),
                     pushbot_sequences_per_s=round(statistics.median(gen), 1),
