@@ -249,14 +249,15 @@ CHECKPOINT_CASES = {
     "no such step": (lambda wd: None, ["--checkpoint", "999"], ["no checkpoint at step 999", "have [3]"]),
     "not a checkpoint name": (lambda wd: None, ["--checkpoint", "last"], ["--checkpoint 'last'", "'best', 'latest' or a step"]),
     "partly deleted": (lambda wd: shutil.rmtree(os.path.join(_step_dir(wd), "state", "ocdbt.process_0")),
-                       ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint", "state unreadable"]),
+                       ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint", "file(s) missing"]),
     "truncated": (lambda wd: _truncate(os.path.join(_step_dir(wd), "state", "_METADATA")),
                   ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint"]),
     # Orbax's read or the checksum fails, depending on where the byte lands in this save.
     "changed bytes": (lambda wd: flip_a_byte(_step_dir(wd)), ["--checkpoint", "3"],
                       ["checkpoints/latest/3: damaged checkpoint"]),
+    # A well-formed state of other values: its files are not those the manifest lists.
     "changed values": (lambda wd: rewrite_state_with_one_value_changed(_step_dir(wd)), ["--checkpoint", "3"],
-                       ["checkpoints/latest/3: damaged checkpoint", "state contents differ from the checksum"]),
+                       ["checkpoints/latest/3: damaged checkpoint", "file(s) missing"]),
     "other model size": (lambda wd: _edit_json(os.path.join(wd, "config.json"), "model", "g_dim", 16),
                          [], ["checkpoints/latest/3: written by another model", "model.g_dim: checkpoint has 8, config has 16"]),
     "damaged config.json": (lambda wd: _write(os.path.join(wd, "config.json"), '{"model": '), [],

@@ -179,7 +179,7 @@ def interrupted(ctx, reference):
     # Somewhere in a random later epoch: its steps, validation, GIF and plot writing or saving.
     killed.wait_for(f"epoch {int(rng.integers(3, EPOCHS - 1))}:")
     sigkill = killed.kill_after(rng.uniform(0.0, 0.6))
-    stale = open(lock).read()
+    stale = open(lock + ".pid").read()
     last = run_train(ctx, "interrupted-3", *train_args(ctx, workdir))
     return dict(workdir=workdir, first=first, second=second, killed=killed, last=last, ctrl_c=ctrl_c,
                 sigkill=sigkill, stale_pid=stale)
