@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vp_jax import metrics as M
-from vp_jax.generation import make_generate_fn
+from vp_jax.generation import evaluation_key, make_generate_fn
 
 
 def _to_uint8(x):
@@ -409,7 +409,7 @@ def evaluate_workdir(
                       f"{proto.n_future} predicted); {source.name} has {source.num_frames}")
     if num_sequences is not None and num_sequences < len(source):
         source = dataclasses.replace(source, frames=source.frames[:num_sequences], cond=source.cond[:num_sequences])
-    key = jax.random.fold_in(jax.random.key(config.seed), 7919)
+    key = evaluation_key(config)
     extra_scorers = []
     if proto.lpips:
         from vp_jax.perceptual import LPIPSScorer
