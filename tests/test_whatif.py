@@ -91,7 +91,7 @@ def _cond(predictor, n=1, frames=5):
         (lambda p: (np.full((1, 2, 64, 64, 3), 255.0, np.float32), _cond(p)), "float values in [255, 255]; expected [0, 1]"),
         (lambda p: (np.zeros((1, 2, 64, 64, 3), np.int32), _cond(p)), "dtype int32"),
         (lambda p: (_context(p), _cond(p, frames=2)), "cover 2 frames; need the 2 context frames plus at least one"),
-        (lambda p: (_context(p), np.zeros((1, 5, 4), np.float32)), "4 numbers a frame, the model takes 7"),
+        (lambda p: (_context(p), np.zeros((1, 5, 4), np.float32)), "4 numbers a frame; the model takes 7"),
         (lambda p: (_context(p), _cond(p, n=2)), "expected [1, 2 + T, 7]"),
         (lambda p: (_context(p), np.full((1, 5, 7), np.nan, np.float32)), "NaN or inf"),
     ],

@@ -138,8 +138,10 @@ class Predictor:
             raise DataError(f"conditions of shape {tuple(c.shape)}: expected [{num}, {self.n_past} + T, {self.cond_dim}] "
                             f"(one row per frame of each of the {num} sequences)")
         if c.shape[2] != self.cond_dim:
-            raise DataError(f"conditions of shape {tuple(c.shape)}: {c.shape[2]} numbers a frame, the model takes "
-                            f"{self.cond_dim} ([action (4), end-effector position (3)][:{self.cond_dim}])")
+            what = ("action (4), end-effector position (3)" if self.cond_dim == 7
+                    else f"the first {self.cond_dim} of action (4), end-effector position (3)")
+            raise DataError(f"conditions of shape {tuple(c.shape)}: {c.shape[2]} numbers a frame; the model takes "
+                            f"{self.cond_dim} ({what})")
         if c.shape[1] <= self.n_past:
             raise DataError(f"conditions of shape {tuple(c.shape)}: cover {c.shape[1]} frames; need the {self.n_past} "
                             "context frames plus at least one frame to predict")
