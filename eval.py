@@ -4,6 +4,7 @@
     python eval.py --workdir runs/lab --checkpoint latest --split validate --num_samples 100
     python eval.py --workdir runs/lab --protocol svg            # 2 -> 28, best of 100
     python eval.py --workdir runs/pushbot --lpips alex,vgg --fvd --num_samples 4 --fvd_repeats 4
+    python eval.py --workdir runs/pushbot --action_fidelity     # + actions read back by an inverse model
 
 Writes DIR/eval/<split>/{metrics.json, predictions.npz, per_frame.png, gifs/} (DIR/eval/<split>-<protocol>/
 for a named protocol) and prints a table. metrics.json holds the protocol card. LPIPS and FVD need
@@ -36,6 +37,8 @@ flags.DEFINE_integer("num_sequences", None, "Score only the first N sequences of
 flags.DEFINE_integer("fvd_batch_size", 8, "Clips per I3D call (memory; does not change the numbers).")
 flags.DEFINE_integer("batch_size", None, "Sequences per generation call (default: the config's eval.batch_size, "
                      "lowered to keep batch x samples <= 256); memory grows with it times samples times frames.")
+flags.DEFINE_boolean("action_fidelity", False, "Also train an inverse model (frames t, t+1 -> action t) on the "
+                     "training split and report how well it reads the actions back from the predictions.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -49,7 +52,7 @@ def main(argv):
     from vp_jax.evaluation import evaluate_workdir
 
     passed_on = ("checkpoint", "split", "num_samples", "bn_mode", "data_root", "protocol", "n_future", "fvd",
-                 "fvd_context", "fvd_repeats", "num_sequences", "fvd_batch_size", "batch_size")
+                 "fvd_context", "fvd_repeats", "num_sequences", "fvd_batch_size", "batch_size", "action_fidelity")
     evaluate_workdir(
         FLAGS.workdir,
         lpips=tuple(FLAGS.lpips) if FLAGS.lpips is not None else None,

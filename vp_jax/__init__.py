@@ -8,3 +8,15 @@ module state (the pitfall of the PyTorch original).
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Predictor"]
+
+
+def __getattr__(name):
+    # Imported on first use: ``import vp_jax`` stays free of JAX, so command-line entry points can
+    # set XLA's flags before JAX starts.
+    if name == "Predictor":
+        from vp_jax.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'vp_jax' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from vp_jax import fileio
 from vp_jax import metrics as M
-from vp_jax.generation import make_generate_fn
+from vp_jax.generation import evaluation_key, make_generate_fn
 
 
 def _to_uint8(x):
@@ -360,10 +360,12 @@ def evaluate_workdir(
     num_sequences: int | None = None,
     fvd_batch_size: int = 8,
     batch_size: int | None = None,
+    action_fidelity: bool = False,
 ) -> dict:
     """Restore a checkpoint of ``workdir`` and write ``DIR/eval/<split>/`` (``<split>-<protocol>`` for
     a named protocol; see eval.py and :mod:`vp_jax.protocols`). ``n_future``, ``num_samples``,
-    ``lpips``, ``fvd*`` (None: not given) change the ``custom`` protocol only."""
+    ``lpips``, ``fvd*`` (None: not given) change the ``custom`` protocol only. ``action_fidelity``:
+    add :mod:`vp_jax.action_fidelity`'s scores (an inverse model trained on the training split)."""
     from vp_jax import visualize
     from vp_jax.config import load_workdir_config, model_config
     from vp_jax.data.pipeline import condition_stats, open_split
@@ -398,7 +400,7 @@ def evaluate_workdir(
                       f"{proto.n_future} predicted); {source.name} has {source.num_frames}")
     if num_sequences is not None and num_sequences < len(source):
         source = dataclasses.replace(source, frames=source.frames[:num_sequences], cond=source.cond[:num_sequences])
-    key = jax.random.fold_in(jax.random.key(config.seed), 7919)
+    key = evaluation_key(config)
     extra_scorers = []
     if proto.lpips:
         from vp_jax.perceptual import LPIPSScorer
@@ -428,6 +430,10 @@ def evaluate_workdir(
         from vp_jax.fvd import summarize_fvd
 
         summary["fvd"] = summarize_fvd(scores)
+    if action_fidelity:  # vp_jax/action_fidelity.py: actions read back from the predictions
+        from vp_jax import action_fidelity as fidelity
+
+        summary["action_fidelity"] = fidelity.evaluate(config, source, scores)
     summary.update(
         checkpoint_step=int(state.step),
         checkpoint=str(checkpoint),
@@ -470,5 +476,7 @@ def evaluate_workdir(
     for line in protocols.extra_lines(summary):
         print(line)
     print("protocol " + protocols.describe(summary["protocol"]))
+    if action_fidelity:
+        print("\n".join(fidelity.describe(summary["action_fidelity"])))
     print(f"wrote {out_dir}/metrics.json, predictions.npz, per_frame.png, strip.png, gifs/")
     return summary

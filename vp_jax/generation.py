@@ -24,6 +24,11 @@ from vp_jax.models.rollout import generate as generate_frames
 from vp_jax.models.rollout import rollout
 
 
+def evaluation_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The key eval.py draws its samples from (generation call i uses ``fold_in(key, i)``)."""
+    return jax.random.fold_in(jax.random.key(int(config.seed)), 7919)
+
+
 def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn_mode: str = "inference"):
     """Jitted ``generate(params, batch_stats, frames, cond, key) -> pred``.
 

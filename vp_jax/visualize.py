@@ -411,3 +411,98 @@ def write_strip(pred, target, n_past: int, path: str, context=None, *, scale: in
                 out[oy : oy + cell_h, ox : ox + cell_w] = CONTEXT_COLOR if k < n_past else PRED_COLOR
                 out[oy + gap : oy + gap + ph, ox + gap : ox + gap + pw] = src[r, k].repeat(scale, 0).repeat(scale, 1)
     return _write_atomically(path, ".png", lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
+
+
+# ----------------------------------------------------------------------------- labelled rows
+
+
+def _text_block(width: int, height: int, lines) -> np.ndarray:
+    """White ``[height, width, 3]`` with ``lines`` of black text from the top left."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), HEADER_BG)
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text((3, 2 + 12 * i), line, fill=HEADER_FG)
+    return np.asarray(img)
+
+
+def _wrap(text: str, width_px: int) -> list[str]:
+    """Words of ``text`` on lines of at most ``width_px`` pixels of the default 6-px font."""
+    per_line = max(4, (width_px - 6) // 6)
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > per_line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines
+
+
+def write_labelled_strip(rows, labels, n_past: int, path: str, *, scale: int = 1, gap: int = 2,
+                         label_width: int = 110) -> str:
+    """Several videos of one scene as one still PNG: one row each, its label on the left, time
+    left to right; context frames (``t < n_past``) framed green, predicted frames red (as
+    :func:`write_strip`). ``rows``: uint8 (or float in [0, 1]) ``[T, H, W, 3]`` each, all of one
+    shape. Written atomically."""
+    from PIL import Image
+
+    rows = [_to_uint8(r) for r in rows]
+    if len(rows) != len(labels) or not rows:
+        raise ValueError(f"write_labelled_strip: {len(rows)} rows, {len(labels)} labels")
+    t, h, w, _ = rows[0].shape
+    if any(r.shape != rows[0].shape for r in rows):
+        raise ValueError(f"write_labelled_strip: rows of shapes {[r.shape for r in rows]}; expected one shape")
+    ph, pw = h * scale, w * scale
+    cell_h, cell_w = ph + 2 * gap, pw + 2 * gap
+    header = 14
+    out = np.full((header + len(rows) * (cell_h + gap), label_width + t * cell_w, 3), 255, np.uint8)
+    for k in range(t):
+        out[:header, label_width + k * cell_w : label_width + (k + 1) * cell_w] = _label_strip(cell_w, header, f"t={k}")
+    for r, (frames, label) in enumerate(zip(rows, labels)):
+        oy = header + r * (cell_h + gap)
+        out[oy : oy + cell_h, :label_width] = _text_block(label_width, cell_h, _wrap(label, label_width))
+        for k in range(t):
+            ox = label_width + k * cell_w
+            out[oy : oy + cell_h, ox : ox + cell_w] = CONTEXT_COLOR if k < n_past else PRED_COLOR
+            out[oy + gap : oy + gap + ph, ox + gap : ox + gap + pw] = frames[k].repeat(scale, 0).repeat(scale, 1)
+    return _write_atomically(path, ".png", lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
+
+
+def write_labelled_gif(panels, labels, n_past: int, path: str, *, titles=("prediction", "truth"), fps: float = 4,
+                       scale: int = 2, border: int = 3, label_width: int = 110) -> str:
+    """An animated GIF of several videos of one scene: one row per entry of ``panels`` (a list
+    of ``[T, H, W, 3]`` videos, or None for an empty panel), its label on the left, the columns
+    headed by ``titles``; every panel framed green on context frames and red on predicted ones,
+    with the time bar of :func:`compose_frames` along the bottom. Written atomically."""
+    if len(panels) != len(labels) or not panels:
+        raise ValueError(f"write_labelled_gif: {len(panels)} rows, {len(labels)} labels")
+    videos = [[None if v is None else _to_uint8(v) for v in row] for row in panels]
+    first = next(v for row in videos for v in row if v is not None)
+    t, h, w, _ = first.shape
+    cols = max(len(row) for row in videos)
+    ph, pw = h * scale, w * scale
+    cell_h, cell_w = ph + 2 * border, pw + 2 * border
+    header = 14
+    height = header + len(videos) * (cell_h + border) + PROGRESS_PX
+    width = label_width + cols * (cell_w + border)
+    out = np.full((t, height, width, 3), 255, np.uint8)
+    for c, title in enumerate(list(titles)[:cols]):
+        x0 = label_width + c * (cell_w + border)
+        out[:, :header, x0 : x0 + cell_w] = _label_strip(cell_w, header, title)
+    for k in range(t):
+        out[k, :header, :label_width] = _label_strip(label_width, header, f"t={k} {'context' if k < n_past else 'predicted'}")
+        n = int(np.ceil((k + 1) * width / t))
+        out[k, -PROGRESS_PX:, :n] = 128 if k < n_past else 0
+        color = np.array(CONTEXT_COLOR if k < n_past else PRED_COLOR, np.uint8)
+        for r, (row, label) in enumerate(zip(videos, labels)):
+            oy = header + r * (cell_h + border)
+            out[k, oy : oy + cell_h, :label_width] = _text_block(label_width, cell_h, _wrap(label, label_width))
+            for c, video in enumerate(row):
+                if video is None:
+                    continue
+                ox = label_width + c * (cell_w + border)
+                out[k, oy : oy + cell_h, ox : ox + cell_w] = color
+                out[k, oy + border : oy + border + ph, ox + border : ox + border + pw] = video[k].repeat(scale, 0).repeat(scale, 1)
+    return _write_gif_frames(out, path, fps)

@@ -93,7 +93,8 @@ class Episode:
     positions [T, 3] executed end-effector (x, y, z); actions [T, 4] commands (dx, dy, dz, grip);
     opening [T] drawn finger opening in [-1, 1]; obj_pos [T, K, 2] object centres (x, y);
     touched [T, K] gripper footprint overlapped object k on the move into frame t (pushed it);
-    moved [T, K] object k moved on the move into frame t; plus the hidden/scene parameters.
+    moved [T, K] object k moved on the move into frame t; plus the hidden/scene parameters;
+    noise [T, 3] the execution noise of the move from frame t (action units; the last row unused).
     """
 
     positions: np.ndarray
@@ -108,6 +109,7 @@ class Episode:
     obj_angle: np.ndarray
     obj_slip: np.ndarray
     table: dict
+    noise: np.ndarray | None = None
 
 
 def sequence_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -277,6 +279,7 @@ def simulate(rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> Episode:
     obj_pos = np.zeros((num_frames, k, 2))
     touched = np.zeros((num_frames, k), bool)
     moved = np.zeros((num_frames, k), bool)
+    noise = np.zeros((num_frames, 3))
     opening[0] = policy.grip
     for t in range(num_frames):
         positions[t], obj_pos[t] = p, obj
@@ -284,12 +287,13 @@ def simulate(rng: np.random.Generator, num_frames: int = NUM_FRAMES) -> Episode:
         actions[t] = a
         if t + 1 == num_frames:
             break
-        new_p = np.clip(p + STEP * (a[:3] + rng.normal(0.0, ACTION_NOISE, 3)), GRIP_LO, GRIP_HI)
+        noise[t] = rng.normal(0.0, ACTION_NOISE, 3)
+        new_p = np.clip(p + STEP * (a[:3] + noise[t]), GRIP_LO, GRIP_HI)
         obj = obj.copy()
         touched[t + 1], moved[t + 1] = _resolve_contacts(obj, radius, slip, p[:2], new_p[:2], new_p[2] < Z_CONTACT)
         opening[t + 1] = a[3]
         p = new_p
-    return Episode(positions, actions, opening, obj_pos, touched, moved, shapes, radius, colours, angle, slip, table)
+    return Episode(positions, actions, opening, obj_pos, touched, moved, shapes, radius, colours, angle, slip, table, noise)
 
 
 def with_slip(ep: Episode, slip) -> Episode:
@@ -317,6 +321,45 @@ def with_slip(ep: Episode, slip) -> Episode:
         touched[t + 1], moved[t + 1] = _resolve_contacts(obj, ep.obj_radius, slip, p[:2], new_p[:2], new_p[2] < Z_CONTACT)
         obj_pos[t + 1] = obj
     return dataclasses.replace(ep, obj_pos=obj_pos, touched=touched, moved=moved, obj_slip=slip)
+
+
+def with_actions(ep: Episode, actions) -> Episode:
+    """The episode replayed under other commands ``actions [T, 4]``: the true counterfactual.
+
+    Same scene, same start position, same hidden frictions and the same execution noise (the
+    draws :func:`simulate` recorded); the gripper moves by ``STEP x (action + noise)`` clipped to
+    the workspace, the finger opening of frame t+1 follows the gripper command of action t, and
+    the objects are pushed by the same contact rule. With ``actions = ep.actions`` this returns
+    ``ep``'s trajectories exactly, so :func:`render` gives the same bytes. Actions are not
+    clipped to [-1, 1]: a command outside the policy's range moves the gripper further.
+    """
+    actions = np.asarray(actions, np.float64)
+    num_frames = len(ep.positions)
+    if actions.shape != (num_frames, 4):
+        raise DataError(f"with_actions: actions must have shape ({num_frames}, 4), got {actions.shape}")
+    if not np.all(np.isfinite(actions)):
+        raise DataError("with_actions: actions must be finite numbers")
+    if ep.noise is None:
+        raise DataError("with_actions: the episode carries no execution noise (make it with simulate())")
+    positions = np.zeros_like(ep.positions)
+    opening = np.zeros_like(ep.opening)
+    obj_pos = np.zeros_like(ep.obj_pos)
+    touched = np.zeros_like(ep.touched)
+    moved = np.zeros_like(ep.moved)
+    p, obj = ep.positions[0], ep.obj_pos[0].copy()
+    opening[0] = ep.opening[0]
+    for t in range(num_frames):
+        positions[t], obj_pos[t] = p, obj
+        if t + 1 == num_frames:
+            break
+        a = actions[t]
+        new_p = np.clip(p + STEP * (a[:3] + ep.noise[t]), GRIP_LO, GRIP_HI)
+        obj = obj.copy()
+        touched[t + 1], moved[t + 1] = _resolve_contacts(obj, ep.obj_radius, ep.obj_slip, p[:2], new_p[:2], new_p[2] < Z_CONTACT)
+        opening[t + 1] = a[3]
+        p = new_p
+    return dataclasses.replace(ep, positions=positions, actions=actions.copy(), opening=opening, obj_pos=obj_pos,
+                               touched=touched, moved=moved)
 
 
 # ----------------------------------------------------------------------------- rendering
