@@ -156,12 +156,14 @@ class Predictor:
         return self.standardize(c), c.shape[1] - self.n_past
 
     def standardize(self, conditions: np.ndarray) -> np.ndarray:
-        """Raw conditions -> the model's input, as evaluation computes it."""
+        """Raw conditions -> the model's input, as the data pipeline computes it."""
+        from vp_jax.data.pipeline import standardize
+
         c = np.asarray(conditions, np.float32)
-        if self.cond_stats is not None:
-            d = c.shape[-1]
-            c = (c - self.cond_stats["mean"][:d]) / self.cond_stats["std"][:d]
-        return c
+        if self.cond_stats is None:
+            return c
+        d = c.shape[-1]
+        return standardize(c, {k: v[:d] for k, v in self.cond_stats.items()})
 
     # ------------------------------------------------------------------------- prediction
 
