@@ -94,9 +94,11 @@ def get_config() -> ml_collections.ConfigDict:
     # than this (values in [0, 1]) in any channel.
     c.eval.moving_threshold = 0.05
 
-    # Data parallelism (vp_jax/parallel.py): batch split over all devices. True = multi-host:
-    # jax.distributed.initialize() runs first, on every host.
-    c.parallel = ml_collections.ConfigDict(dict(distributed=False))
+    # Data parallelism (vp_jax/parallel.py): batch split over all devices. distributed = True:
+    # several processes (README "Several devices"), jax.distributed.initialize() runs first in
+    # each; a process whose heartbeats stop for heartbeat_timeout_s counts as dead and the others
+    # stop; they wait initialization_timeout_s for each other at the start.
+    c.parallel = ml_collections.ConfigDict(dict(distributed=False, heartbeat_timeout_s=100, initialization_timeout_s=300))
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 3

@@ -114,7 +114,7 @@ def predict_and_score(
     def add(prefix, scores, keep):
         """Append the first ``keep`` sequences of each named array (axis -2 is the sequence)."""
         for name, value in scores.items():
-            out.setdefault(prefix + name, []).append(np.asarray(value)[..., :keep, :])
+            out.setdefault(prefix + name, []).append(parallel.host_array(value)[..., :keep, :])
 
     def conditions(idx):
         cond = np.asarray(source.cond[idx, :n_eval], dtype=np.float32)
@@ -135,7 +135,7 @@ def predict_and_score(
         add("", {"psnr": psnr, "ssim": ssim, "psnr_moving": moving_psnr}, keep)  # [N, B, T]
         for scorer in extra_scorers:
             scorer.update(pred_u8, frames, keep)
-        add("moving_", {"fraction": np.asarray(moving).mean(axis=(-2, -1))}, keep)
+        add("moving_", {"fraction": parallel.host_array(moving).mean(axis=(-2, -1))}, keep)
         copy = jnp.asarray(np.broadcast_to(reference[:, None], target.shape), jnp.float32)[None] / 255.0
         _, c_psnr, c_ssim, c_moving, _ = score(copy, target, reference)
         add("copy_", {"psnr": c_psnr[0], "ssim": c_ssim[0], "psnr_moving": c_moving[0]}, keep)
@@ -149,7 +149,7 @@ def predict_and_score(
             _, p_psnr, p_ssim, p_moving, _ = score(x_hat[None], target, reference)
             add("post_", {"psnr": p_psnr[0], "ssim": p_ssim[0], "psnr_moving": p_moving[0], "kl": kl}, keep)
         if keep_predictions:
-            out.setdefault("pred", []).append(np.asarray(pred_u8[0, :keep]))
+            out.setdefault("pred", []).append(parallel.host_array(pred_u8)[0, :keep])
             out.setdefault("target", []).append(target[:keep])
             out.setdefault("context", []).append(frames[:keep, :n_past])
     out = {k: np.concatenate(parts, axis=1 if k in ("psnr", "ssim", "psnr_moving") else 0) for k, parts in out.items()}

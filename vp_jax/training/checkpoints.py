@@ -82,12 +82,14 @@ def host_copy(state):
 
 
 def state_digest(state) -> str | None:
-    """SHA-256 over every leaf of ``state`` (path, dtype, shape, bytes); None if some leaf is not
-    fully addressable from this process (multi-host), where it cannot be computed locally."""
+    """SHA-256 over every leaf of ``state`` (path, dtype, shape, bytes); None if some leaf is split
+    over the devices of several processes, where it cannot be computed locally."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         if not getattr(leaf, "is_fully_addressable", True):
-            return None
+            if not leaf.is_fully_replicated:
+                return None
+            leaf = leaf.addressable_data(0)  # replicated over processes: every one has it whole
         arr = np.ascontiguousarray(jax.device_get(leaf))
         h.update(f"{jax.tree_util.keystr(path)}:{arr.dtype}:{arr.shape};".encode())
         h.update(arr.data if arr.size else b"")

@@ -136,6 +136,13 @@ def open_workdir(config, workdir: str):
     losses) or is interrupted before its first checkpoint in a new or empty ``workdir`` leaves
     no workdir behind."""
     validate(config)
+    from vp_jax import parallel
+
+    if not parallel.is_main_process():  # a multi-process run: process 0 creates, locks and cleans up
+        prepare_workdir(config, workdir)
+        parallel.sync_processes("workdir open")
+        yield
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise VPError(f"--workdir {workdir}: exists and is not a folder")
     new = not os.path.exists(workdir)
@@ -150,6 +157,7 @@ def open_workdir(config, workdir: str):
     with WorkdirLock(workdir):
         try:
             prepare_workdir(config, workdir)
+            parallel.sync_processes("workdir open")
             yield
         except (VPError, KeyboardInterrupt):
             if empty and not has_checkpoints(workdir):  # nothing trained: leave nothing behind
