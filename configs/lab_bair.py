@@ -82,6 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
         dict(start=1.0, start_decay_epoch=0, decay_step=0.0, lower_bound=0.0, mode="iteration")
     )
     c.train.max_nonfinite = 5
+    # Memory options (docs/performance.md): recompute the encoder's and decoder's activations in
+    # the backward pass; split each batch into grad_accum micro-batches (BatchNorm then sees
+    # batch_size / grad_accum sequences at a time: see vp_jax/training/step.py).
+    c.train.remat = False
+    c.train.grad_accum = 1
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_epochs = 1

@@ -33,9 +33,9 @@ VAL_COLUMNS = ["val_psnr", "val_psnr_moving", "val_action_sensitivity_db", "val_
 METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", *VAL_COLUMNS, "seconds", "rss_mb"]
 STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
 # Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
-RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.")
+RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.", "train.remat")
 # Training fields that configs gained later, with the value a workdir without them was trained with.
-ADDED_FIELDS = {"train.kl.free_bits": 0.0}
+ADDED_FIELDS = {"train.kl.free_bits": 0.0, "train.remat": False, "train.grad_accum": 1}
 
 
 class TrainingStopped(VPError):
