@@ -14,7 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from conftest import FAST_COMPILE
 
@@ -111,11 +110,16 @@ def test_grad_accum_with_batchnorm_and_remat_do_what_the_step_says(setup):
         losses.append(float(value))
         grads.append(g)
     mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-    updates, _ = state.tx.update(mean, state.opt_state, state.params)
-    expected = optax.apply_updates(state.params, updates)
+    _, expected = state.tx.update(mean, state.opt_state, state.params)
     assert float(metrics["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
-    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # The gradient the step applied, through Adam's first moment (1 - b1) * g: the parameters
+    # themselves would not do, since the biases that BatchNorm follows have a gradient of 0 up to
+    # rounding, which Adam's first step scales up to +-lr.
+    ours, theirs = new_state.opt_state.inner_state[0].mu, expected.inner_state[0].mu  # apply_if_finite(adam)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs)):
+        b = np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-9, 1e-4 * float(np.abs(b).max())),
+                                   err_msg=jax.tree_util.keystr(path))
     for a, b in zip(jax.tree.leaves(new_state.batch_stats), jax.tree.leaves(bs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -6,8 +6,8 @@ On XLA:CPU some operations are much faster written another way (measured in
 * hand-written gradients (``jax.custom_vjp``) for the convolution's kernel gradient, the 2x2
   max-pool, the nearest-neighbour upsampling and the gather of decoder steps
   (:mod:`vp_jax.models.layers`), with fusion boundaries (``layers.materialized``) in them;
-* a fully unrolled ``lax.scan`` for the rollout's teacher-forcing path and for gradient
-  accumulation (:func:`scan_unroll`).
+* a fully unrolled ``lax.scan`` for the rollout's path with a teacher-forcing mask
+  (:func:`scan_unroll`).
 
 On every other backend (GPU, TPU) they are off: plain ``lax`` operations with JAX's own
 gradients and rolled loops, which the GPU compilers handle well. The numbers are the same up to
@@ -53,7 +53,8 @@ def cpu_kernels_off():
 
 
 def scan_unroll():
-    """``unroll`` for the ``lax.scan`` s whose bodies hold convolution gradients: fully unrolled
+    """``unroll`` for the rollout's ``lax.scan`` over frames, whose body holds convolution
+    gradients: fully unrolled
     with the CPU paths (XLA:CPU runs convolution gradients inside a while loop 10-30x slower than
     outside one, jax-ml/jax#12868), a rolled loop otherwise."""
     return True if cpu_kernels() else 1

@@ -385,7 +385,7 @@ def evaluate_workdir(
     config = load_workdir_config(workdir, data_root)
     from vp_jax import parallel
 
-    parallel.initialize_distributed(config)  # multi-host only; before any other JAX call
+    parallel.initialize_distributed(config, when_launched=True)  # started as several processes only; before JAX
     from vp_jax import protocols
 
     proto = protocols.resolve(protocol, config, n_future=n_future, num_samples=num_samples, lpips=lpips, fvd=fvd,

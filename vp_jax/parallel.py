@@ -120,15 +120,35 @@ def distributed_settings(config=None, environ=None) -> dict:
     return settings
 
 
-def initialize_distributed(config=None) -> bool:
+def launched_as_several(environ=None) -> bool:
+    """Whether this process was started as one of several: ``JAX_NUM_PROCESSES`` above 1 or
+    ``JAX_COORDINATOR_ADDRESS`` set, or a SLURM step or Open MPI job of more than one task."""
+    environ = os.environ if environ is None else environ
+
+    def count(name):
+        try:
+            return int(environ.get(name, "1"))
+        except ValueError:
+            return 1
+
+    return (bool(environ.get(ENV_COORDINATOR, "").strip()) or count(ENV_NUM_PROCESSES) > 1
+            or (count("SLURM_NTASKS") > 1 and "SLURM_STEP_NODELIST" in environ)
+            or count("OMPI_COMM_WORLD_SIZE") > 1)
+
+
+def initialize_distributed(config=None, when_launched: bool = False) -> bool:
     """Call ``jax.distributed.initialize`` when ``config.parallel.distributed`` is true, with
     :func:`distributed_settings`; on a CPU, with gloo for the cross-process collectives.
 
     Must run before any other JAX call in the process. Returns whether it initialised.
     A config without a ``parallel`` section counts as single-process. A process count or id
-    that is neither set nor detectable is a one-line :class:`ConfigError`.
+    that is neither set nor detectable is a one-line :class:`ConfigError`. ``when_launched``
+    (eval.py, which may evaluate a multi-process run's workdir as one process): only when
+    :func:`launched_as_several`.
     """
     if not bool(_parallel_field(config, "distributed")):
+        return False
+    if when_launched and not launched_as_several():
         return False
     from vp_jax.xla_flags import runs_on_cpu
 

@@ -268,10 +268,15 @@ class _StopFlag:
         tqdm.write("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handler)
+        # Several processes cannot stop at the same step on their own: there Ctrl-C stops every
+        # process at once (parallel.stop_together) and the run resumes from its last epoch end.
+        self._installed = not parallel.is_multiprocess()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
 
 
