@@ -208,10 +208,11 @@ def test_resume_on_another_number_of_processes(tmp_path, data_root, reference, f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", [1, 0])
-def test_kill_9_of_one_process_stops_the_others(tmp_path, data_root, victim):
-    """kill -9 of a worker (or of process 0, the coordinator) mid-run: the other process stops by
-    itself, with one line saying why, well within the heartbeat timeout plus a margin."""
+@pytest.mark.parametrize("victim, signum", [(1, signal.SIGKILL), (0, signal.SIGKILL), (1, signal.SIGINT)])
+def test_kill_9_of_one_process_stops_the_others(tmp_path, data_root, victim, signum):
+    """kill -9 of a worker (or of process 0, the coordinator), or Ctrl-C of a worker, mid-run: the
+    other process stops by itself, with one line saying why, well within the heartbeat timeout
+    plus a margin."""
     workdir, log = str(tmp_path / "run"), str(tmp_path / "log")
     heartbeat = 10
     procs = start(2, workdir, log, train_args(data_root, 100, f"--config.parallel.heartbeat_timeout_s={heartbeat}"))
@@ -220,10 +221,9 @@ def test_kill_9_of_one_process_stops_the_others(tmp_path, data_root, victim):
         while "epoch 2:" not in output(log, 0):  # training is under way: compiled, one epoch done
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), output(log, 0)[-3000:]
             time.sleep(0.5)
-        os.kill(procs[victim].pid, signal.SIGKILL)
+        os.kill(procs[victim].pid, signum)
         t0 = time.monotonic()
-        survivor = procs[1 - victim]
-        code = wait([survivor], timeout=heartbeat + 60)[0]
+        code, victim_code = wait([procs[1 - victim], procs[victim]], timeout=heartbeat + 60)
         elapsed = time.monotonic() - t0
     finally:
         for p in procs:
@@ -234,4 +234,6 @@ def test_kill_9_of_one_process_stops_the_others(tmp_path, data_root, victim):
     assert elapsed < heartbeat + 60
     assert (f"error: process {1 - victim} of 2: another process of the run stopped" in text
             or "Terminating process because the JAX distributed service detected fatal errors" in text), text[-3000:]
-    print(json.dumps({"victim": victim, "survivor_exit": code, "seconds_to_stop": round(elapsed, 1)}))
+    if signum == signal.SIGINT:
+        assert victim_code == 130 and f"interrupted: process {victim} of 2: stopping every process" in output(log, victim)
+    print(json.dumps({"victim": victim, "signal": int(signum), "survivor_exit": code, "seconds_to_stop": round(elapsed, 1)}))
