@@ -81,7 +81,8 @@ def host_copy(state):
     leaves = jax.tree_util.tree_leaves(state)
     if all(getattr(leaf, "is_fully_addressable", True) for leaf in leaves):
         return jax.device_get(state)
-    if not all(getattr(leaf, "is_fully_addressable", True) or leaf.is_fully_replicated for leaf in leaves):
+    if not all(getattr(leaf, "is_fully_addressable", True) or getattr(leaf, "is_fully_replicated", False)
+               for leaf in leaves):
         return state
     return jax.tree_util.tree_map(
         lambda x: np.asarray(x.addressable_data(0)) if not getattr(x, "is_fully_addressable", True)
