@@ -73,7 +73,9 @@ fi
 # 2. tests that hold on every backend
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== tests on $("$PY" -c 'import jax; print(jax.default_backend())')"
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_memory_options.py tests/test_step.py > "$OUT_DIR/pytest.log" 2>&1
+  # float32 matrix products in full precision (not TF32), as on the CPU the tests were written on
+  JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m pytest -q -p no:cacheprovider tests/test_memory_options.py tests/test_step.py \
+    > "$OUT_DIR/pytest.log" 2>&1
   tail -n 3 "$OUT_DIR/pytest.log"
 fi
 

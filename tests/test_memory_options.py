@@ -80,6 +80,7 @@ def run_step(config, state, batch, key):
     return make_train_step(config).lower(state, batch, key).compile(compiler_options=FAST_COMPILE)(state, batch, key)
 
 
+@pytest.mark.slow
 def test_grad_accum_with_batchnorm_and_remat_do_what_the_step_says(setup):
     """train.grad_accum = 2 (with train.remat = True) against the same computed by hand without
     remat: the Adam update of the mean of the two micro-batches' gradients (rows 0::2 and 1::2,
