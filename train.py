@@ -39,7 +39,8 @@ def main(argv):
     from vp_jax.training.loop import train_and_evaluate
 
     parallel.initialize_distributed(config)  # config.parallel.distributed: multi-host, before JAX starts
-    train_and_evaluate(config, FLAGS.workdir)
+    with parallel.stop_together():  # several processes: one fails -> all stop, one line each
+        train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

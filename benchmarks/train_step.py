@@ -8,6 +8,8 @@ Prints one JSON object per (config, batch size) on stdout, e.g.::
     python benchmarks/train_step.py --batch 4 --no-xla-flags          # XLA's own CPU defaults
     python benchmarks/train_step.py --batch 12 --no-malloc-tuning     # glibc's own malloc settings
     python benchmarks/train_step.py --batch 4 --set model.dtype=bfloat16 --set train.tfr.start=0
+    python benchmarks/train_step.py --config configs/lab_bair.py --batch 12 48 --compile-only \
+        --set train.remat=True --set train.grad_accum=4       # memory options, XLA's memory plan only
 
 Each measurement runs in its own subprocess (a clean peak RSS and its own XLA_FLAGS): the step
 is compiled (``jit(...).lower(...).compile()``, timed as ``compile_s``), called once to warm up,
@@ -15,7 +17,11 @@ then timed ``--steps`` times (``median_s``, with ``min_s``/``max_s``; ``cpu_s`` 
 process CPU time per step, which is less sensitive than wall time to other processes sharing the
 CPU). ``gflop`` is XLA's own count from ``compiled.cost_analysis()``; ``gflops_per_s`` =
 gflop / median_s. ``peak_rss_mb`` is the peak resident memory of the process (host), and on a
-GPU/TPU ``device_peak_mb`` is ``device.memory_stats()['peak_bytes_in_use']``. XLA's count covers
+GPU/TPU ``device_peak_mb`` is ``device.memory_stats()['peak_bytes_in_use']``. ``xla_peak_mb`` is
+XLA's own plan for the compiled step (``compiled.memory_analysis()``: arguments, outputs and
+temporaries alive at once; ``xla_temp_mb`` the temporaries alone), the same figure on any backend
+and known without running the step: ``--compile-only`` stops there (no ``median_s``), for
+batches too big to run on the machine at hand. XLA's count covers
 a ``lax.scan`` body once: exact for the teacher-forced step (only the small LSTMs are scanned)
 and for the CPU's fully unrolled general rollout, an undercount for a rolled one. ``load`` is the
 1-minute load average before and after: on a shared machine, trust timings with load close to 0
@@ -69,6 +75,19 @@ def _log(msg: str) -> None:
     print(f"[train_step] {msg}", file=sys.stderr, flush=True)
 
 
+def memory_plan(compiled) -> dict:
+    """XLA's memory plan of a compiled program, in MiB (empty if the backend gives none)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        stats = None
+    if stats is None:
+        return {}
+    temp = stats.temp_size_in_bytes
+    peak = stats.argument_size_in_bytes + stats.output_size_in_bytes + temp - stats.alias_size_in_bytes
+    return {"xla_peak_mb": round(peak / 2**20, 1), "xla_temp_mb": round(temp / 2**20, 1)}
+
+
 def measure(config_path: str, batch_size: int | None, steps: int, overrides, seed: int = 0, unroll: int = 0) -> dict:
     """Compile and time the train step in this process; return the JSON record."""
     load_before = os.getloadavg()[0]
@@ -106,7 +125,23 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
     if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
         cost = cost[0] if cost else {}
     flops = float((cost or {}).get("flops", float("nan")))
-    _log(f"compiled in {compile_s:.1f} s ({flops / 1e9:.0f} GFLOP/step)")
+    plan = memory_plan(compiled)
+    _log(f"compiled in {compile_s:.1f} s ({flops / 1e9:.0f} GFLOP/step, XLA's plan {plan})")
+    dev = jax.devices()[0]
+    common = {
+        "config": os.path.relpath(os.path.abspath(config_path), ROOT),
+        "batch_size": B,
+        "frames_per_sequence": T,
+        "overrides": list(overrides or ()),
+        "remat": bool(config.train.get("remat", False)),
+        "grad_accum": int(config.train.get("grad_accum", 1)),
+        **plan,
+    }
+    if steps == 0:  # --compile-only
+        return {**common, "compile_s": round(compile_s, 2), "gflop": round(flops / 1e9, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "platform": dev.platform, "device": dev.device_kind, "num_devices": jax.device_count(),
+                "jax": jax.__version__, "load": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch, key)  # warm-up (the step folds in its counter)
@@ -121,12 +156,8 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
         cpu.append(sum(os.times()[:2]) - c0)
         _log(f"step {i + 1}/{steps}: {times[-1]:.3f} s")
     med = float(np.median(times))
-    dev = jax.devices()[0]
     record = {
-        "config": os.path.relpath(os.path.abspath(config_path), ROOT),
-        "batch_size": B,
-        "frames_per_sequence": T,
-        "overrides": list(overrides or ()),
+        **common,
         "steps": steps,
         "median_s": round(med, 4),
         "min_s": round(min(times), 4),
@@ -162,6 +193,7 @@ def main(argv=None):
     p.add_argument("--config", action="append", help="configs/*.py (repeatable; default lab_bair + pushbot)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 4 12 for lab, config's own otherwise)")
     p.add_argument("--steps", type=int, default=10, help="timed steps after compile and one warm-up (>= 1)")
+    p.add_argument("--compile-only", action="store_true", help="compile and report XLA's memory plan; run no step")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override, e.g. model.dtype=bfloat16")
     p.add_argument("--unroll", type=int, default=0, help="scan unroll of the general rollout (0: the library's default)")
     p.add_argument("--no-xla-flags", action="store_true", help="do not add vp_jax's fast CPU XLA flags")
@@ -188,7 +220,8 @@ def main(argv=None):
         (cfg, (bs, *rest)), *more = runs
         if rest or more:
             p.error("--inprocess measures one config and one batch size")
-        print(json.dumps(measure(cfg, bs, args.steps, args.set, unroll=args.unroll)), flush=True)
+        steps = 0 if args.compile_only else args.steps
+        print(json.dumps(measure(cfg, bs, steps, args.set, unroll=args.unroll)), flush=True)
         return
 
     for cfg, sizes in runs:
@@ -202,6 +235,7 @@ def main(argv=None):
             cmd += ["--no-xla-flags"] if args.no_xla_flags else []
             cmd += ["--no-malloc-tuning"] if args.no_malloc_tuning else []
             cmd += ["--unroll", str(args.unroll)] if args.unroll else []
+            cmd += ["--compile-only"] if args.compile_only else []
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:

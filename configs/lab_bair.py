@@ -82,6 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
         dict(start=1.0, start_decay_epoch=0, decay_step=0.0, lower_bound=0.0, mode="iteration")
     )
     c.train.max_nonfinite = 5
+    # Memory options (docs/performance.md): recompute the encoder's and decoder's activations in
+    # the backward pass; split each batch into grad_accum micro-batches (BatchNorm then sees
+    # batch_size / grad_accum sequences at a time: see vp_jax/training/step.py).
+    c.train.remat = False
+    c.train.grad_accum = 1
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_epochs = 1
@@ -94,9 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
     # than this (values in [0, 1]) in any channel.
     c.eval.moving_threshold = 0.05
 
-    # Data parallelism (vp_jax/parallel.py): batch split over all devices. True = multi-host:
-    # jax.distributed.initialize() runs first, on every host.
-    c.parallel = ml_collections.ConfigDict(dict(distributed=False))
+    # Data parallelism (vp_jax/parallel.py): batch split over all devices. distributed = True:
+    # several processes (README "Several devices"), jax.distributed.initialize() runs first in
+    # each; a process whose heartbeats stop for heartbeat_timeout_s counts as dead and the others
+    # stop; they wait initialization_timeout_s for each other at the start.
+    c.parallel = ml_collections.ConfigDict(dict(distributed=False, heartbeat_timeout_s=100, initialization_timeout_s=300))
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 3

@@ -12,6 +12,16 @@ import pytest
 from vp_jax.config import load_config_file, model_config, validate
 from vp_jax.models.cvae import init_variables
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only with ``VP_JAX_SLOW=1`` or when ``-m`` selects them."""
+    if os.environ.get("VP_JAX_SLOW") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with VP_JAX_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 

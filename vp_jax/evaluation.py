@@ -108,7 +108,7 @@ def predict_and_score(
     def add(prefix, scores, keep):
         """Append the first ``keep`` sequences of each named array (axis -2 is the sequence)."""
         for name, value in scores.items():
-            out.setdefault(prefix + name, []).append(np.asarray(value)[..., :keep, :])
+            out.setdefault(prefix + name, []).append(parallel.host_array(value)[..., :keep, :])
 
     cond_dim = config.model.cond_dim
     num_batches = -(-len(source) // batch_size)
@@ -127,7 +127,7 @@ def predict_and_score(
         add("", {"psnr": psnr, "ssim": ssim, "psnr_moving": moving_psnr}, keep)  # [N, B, T]
         for scorer in extra_scorers:
             scorer.update(pred_u8, frames, keep)
-        add("moving_", {"fraction": np.asarray(moving).mean(axis=(-2, -1))}, keep)
+        add("moving_", {"fraction": parallel.host_array(moving).mean(axis=(-2, -1))}, keep)
         copy = M.copy_last_baseline(reference, n_eval - n_past).astype(jnp.float32)[None] / 255.0
         _, c_psnr, c_ssim, c_moving, _ = score(copy, target, reference)
         add("copy_", {"psnr": c_psnr[0], "ssim": c_ssim[0], "psnr_moving": c_moving[0]}, keep)
@@ -143,7 +143,7 @@ def predict_and_score(
             _, p_psnr, p_ssim, p_moving, _ = score(x_hat[None], target, reference)
             add("post_", {"psnr": p_psnr[0], "ssim": p_ssim[0], "psnr_moving": p_moving[0], "kl": kl}, keep)
         if keep_predictions:
-            out.setdefault("pred", []).append(np.asarray(pred_u8[0, :keep]))
+            out.setdefault("pred", []).append(parallel.host_array(pred_u8)[0, :keep])
             out.setdefault("target", []).append(target[:keep])
             out.setdefault("context", []).append(frames[:keep, :n_past])
     batches.close()
@@ -376,7 +376,7 @@ def evaluate_workdir(
     config = load_workdir_config(workdir, data_root)
     from vp_jax import parallel
 
-    parallel.initialize_distributed(config)  # multi-host only; before any other JAX call
+    parallel.initialize_distributed(config, when_launched=True)  # started as several processes only; before JAX
     from vp_jax import protocols
 
     proto = protocols.resolve(protocol, config, n_future=n_future, num_samples=num_samples, lpips=lpips, fvd=fvd,

@@ -215,10 +215,11 @@ class _BatchMaker:
     that is dropped is garbage-collected and its ``__del__`` stops the thread.
     """
 
-    def __init__(self, source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last, cond_stats, sharding):
+    def __init__(self, source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last, cond_stats, sharding,
+                 rows=None):
         self.source, self.batch_size, self.seq_len, self.seed = source, batch_size, seq_len, int(seed)
         self.shuffle, self.random_offset, self.start, self.pad_last = shuffle, random_offset, start, pad_last
-        self.sharding = sharding
+        self.sharding, self.rows = sharding, rows
         self.cond_stats = cond_stats
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
@@ -237,14 +238,21 @@ class _BatchMaker:
             self._plan = (epoch, order, offsets)
             return order, offsets
 
-    def make_batch(self, epoch: int, position: int) -> dict:
+    def batch_indices(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sequence ids, window starts, real) of the rows of batch ``position`` this iterator loads."""
         order, offsets = self.epoch_plan(epoch)
         b = self.batch_size
         idx, offs = order[position * b : (position + 1) * b], offsets[position * b : (position + 1) * b]
-        real = len(idx)
-        if self.pad_last and real < b:
-            idx = np.concatenate([idx, np.repeat(idx[-1:], b - real)])
-            offs = np.concatenate([offs, np.repeat(offs[-1:], b - real)])
+        real = np.arange(b) < len(idx)
+        if self.pad_last and len(idx) < b:
+            idx = np.concatenate([idx, np.repeat(idx[-1:], b - len(idx))])
+            offs = np.concatenate([offs, np.repeat(offs[-1:], b - len(offs))])
+        if self.rows is not None:
+            idx, offs, real = idx[self.rows], offs[self.rows], real[self.rows]
+        return idx, offs, real[: len(idx)]
+
+    def make_batch(self, epoch: int, position: int) -> dict:
+        idx, offs, real = self.batch_indices(epoch, position)
         frames = np.empty((len(idx), self.seq_len, 64, 64, 3), np.uint8)
         cond = np.empty((len(idx), self.seq_len, self.source.cond.shape[-1]), np.float32)
         # Row by row: each window is one contiguous block of the memory map, so this is a plain
@@ -254,7 +262,7 @@ class _BatchMaker:
         standardize(cond, self.cond_stats, out=cond)
         batch = {"frames": frames, "cond": cond}
         if self.pad_last:
-            batch["mask"] = np.arange(len(idx)) < real
+            batch["mask"] = real
         return batch
 
     def produce(self, epoch: int, position: int) -> dict:
@@ -322,6 +330,11 @@ class BatchIterator:
       start: first frame of each window when ``random_offset`` is False.
       pad_last: with ``drop_remainder=False``, pad the last batch to B by repeating its last
         sequence and add ``'mask'`` (True = real sequence) to every batch.
+      rows: a ``slice`` of each batch's B rows: only these sequences are read and yielded (one
+        process's share of a global batch in a multi-process run,
+        :func:`vp_jax.parallel.process_batch_slice`); the order, the epochs and the state are
+        those of the whole batch, so :meth:`get_state` / :meth:`set_state` carry over between
+        runs with different numbers of processes.
     """
 
     def __init__(
@@ -340,6 +353,7 @@ class BatchIterator:
         epochs: int | None = None,
         start: int = 0,
         pad_last: bool = False,
+        rows: slice | None = None,
     ):
         n, s = len(source), source.num_frames
         if batch_size < 1:
@@ -355,7 +369,7 @@ class BatchIterator:
         self.steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
         self._maker = _BatchMaker(
             source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last and not drop_remainder,
-            cond_stats, sharding,
+            cond_stats, sharding, rows,
         )
         self._epoch, self._position = 0, 0  # the next batch the consumer gets
         self._thread: threading.Thread | None = None
@@ -369,6 +383,11 @@ class BatchIterator:
     def make_batch(self, epoch: int, position: int) -> dict:
         """Batch ``position`` of ``epoch`` as numpy arrays (no prefetch, no device transfer)."""
         return self._maker.make_batch(epoch, position)
+
+    def batch_indices(self, epoch: int, position: int) -> np.ndarray:
+        """The sequence ids (rows of the source) of batch ``position`` of ``epoch`` that this
+        iterator reads (its ``rows`` of them)."""
+        return self._maker.batch_indices(epoch, position)[0]
 
     def _advance(self, epoch: int, position: int) -> tuple[int, int]:
         position += 1

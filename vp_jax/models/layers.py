@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vp_jax.backend import cpu_kernels
+
 Dtype = Any
 
 #: conv, transposed conv and linear weights: N(0, 0.02) (the original's ``init_weights``).
@@ -144,7 +146,7 @@ def materialized(a: jax.Array, witness: jax.Array) -> jax.Array:
     is NaN anyway) selects ``a``, the other branch NaNs. ``optimization_barrier`` does not help:
     XLA removes it before fusing.
     """
-    if jax.default_backend() != "cpu":
+    if not cpu_kernels():
         return a
     w = witness.reshape(-1)[0]
     return jax.lax.cond(w == w, lambda v: v, lambda v: jnp.full_like(v, jnp.nan), a)
@@ -163,6 +165,13 @@ def _conv_nhwc_bwd(padding, residuals, g):
 
 
 conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+    """The model's stride-1 convolution: :func:`conv_nhwc` (hand-written kernel gradient) with the
+    CPU paths (:func:`vp_jax.backend.cpu_kernels`), ``lax.conv_general_dilated`` and its autodiff
+    gradient on other backends."""
+    return conv_nhwc(x, kernel, padding) if cpu_kernels() else _conv(x, kernel, padding)
 
 SAME_3X3 = ((1, 1), (1, 1))
 
@@ -185,7 +194,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", weight_init, (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         dtype = self.dtype or x.dtype
-        return conv_nhwc(x.astype(dtype), kernel.astype(dtype), self.padding) + bias.astype(dtype)
+        return conv(x.astype(dtype), kernel.astype(dtype), self.padding) + bias.astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -210,6 +219,12 @@ def _take_steps_bwd(index, size, g):
 
 
 take_steps.defvjp(_take_steps_fwd, _take_steps_bwd)
+
+
+def gather_steps(x: jax.Array, index: tuple[int, ...]) -> jax.Array:
+    """``x[index]`` along the leading axis: :func:`take_steps` with the CPU paths, a plain stack
+    (autodiff gradient) on other backends."""
+    return take_steps(x, index) if cpu_kernels() else jnp.stack([x[i] for i in index])
 
 
 class SkipConcatConv(nn.Module):
@@ -237,14 +252,14 @@ class SkipConcatConv(nn.Module):
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         dtype = self.dtype or x.dtype
         kernel = kernel.astype(dtype)
-        y = conv_nhwc(x.astype(dtype), kernel[:, :, :c], SAME_3X3)
-        y_skip = conv_nhwc(skip.astype(dtype), kernel[:, :, c:], SAME_3X3) + bias.astype(dtype)
+        y = conv(x.astype(dtype), kernel[:, :, :c], SAME_3X3)
+        y_skip = conv(skip.astype(dtype), kernel[:, :, c:], SAME_3X3) + bias.astype(dtype)
         if skip_index is not None:
             skip_index = tuple(int(i) for i in skip_index)
             if len(skip_index) != x.shape[0]:
                 raise ValueError(f"skip_index has {len(skip_index)} entries for {x.shape[0]} time steps")
             if skip_index != tuple(range(y_skip.shape[0])):
-                y_skip = take_steps(y_skip, skip_index)
+                y_skip = gather_steps(y_skip, skip_index)
         return y + y_skip
 
 
@@ -313,6 +328,16 @@ def _max_pool_bwd(position, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2: :func:`max_pool_2x2` with the CPU paths, ``nn.max_pool`` (the same
+    values and gradients) on other backends."""
+    if cpu_kernels():
+        return max_pool_2x2(x)
+    lead = x.shape[:-3]
+    y = nn.max_pool(x.reshape((-1,) + x.shape[-3:]), (2, 2), strides=(2, 2))
+    return y.reshape(lead + y.shape[1:])
+
+
 @jax.custom_vjp
 def upsample_nearest_2x(x: jax.Array) -> jax.Array:
     """Nearest-neighbour x2 upsampling (``nn.UpsamplingNearest2d(2)``): ``[..., H, W, C] -> [..., 2H, 2W, C]``.
@@ -332,3 +357,9 @@ def _upsample_bwd(_, g):
 
 
 upsample_nearest_2x.defvjp(_upsample_fwd, _upsample_bwd)
+
+
+def upsample_2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour x2 upsampling: :func:`upsample_nearest_2x` with the CPU paths, plain
+    ``jnp.repeat`` (autodiff gradient) on other backends."""
+    return upsample_nearest_2x(x) if cpu_kernels() else jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)

@@ -23,20 +23,23 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vp_jax.backend import scan_unroll
 from vp_jax.config import ModelConfig
 from vp_jax.errors import DataError
 from vp_jax.models.cvae import ConditionalVAE, check_cond, check_n_past, initial_state
 
 
 def default_unroll():
-    """``lax.scan`` unroll of the rollout: fully unrolled on CPU, a rolled loop elsewhere.
+    """``lax.scan`` unroll of the rollout: fully unrolled on CPU, a rolled loop elsewhere
+    (:func:`vp_jax.backend.scan_unroll`).
 
     XLA:CPU runs convolution *gradients* inside a while loop 10-30x slower than the same
     convolutions outside one (jax-ml/jax#12868; measured here: 10.4 s vs 0.7 s per step of a
     model with widths (16, 32, 64, 64)); unrolling the T-1 steps costs compile time only.
     """
-    return True if jax.default_backend() == "cpu" else 1
+    return scan_unroll()
 
 
 def frames_to_float(frames: jax.Array) -> jax.Array:
@@ -64,17 +67,37 @@ def skip_frame_indices(skip_frame: str, n_past: int, num_frames: int) -> tuple[i
     return tuple(t - 1 if (t < n_past or fixed is None) else fixed for t in range(1, num_frames))
 
 
-def _bind(cfg: ModelConfig, params, train: bool):
+#: The networks :func:`rollout` recomputes in the backward pass with ``remat=True``: the VGG
+#: encoder and decoder, which hold nearly all of the activations (the LSTMs' are small).
+REMAT_METHODS = ("encode", "decode", "decode_steps")
+
+
+def _is_data(arg) -> bool:
+    """An argument made of arrays only (traced through ``jax.checkpoint``); the others (train
+    flags, time axes, static step indices) are static."""
+    return all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree_util.tree_leaves(arg))
+
+
+def _bind(cfg: ModelConfig, params, train: bool, remat: bool = False):
     """``apply(batch_stats, method, *args) -> (out, batch_stats)``: one call of a model method;
-    in training mode BatchNorm uses batch statistics and the updated running statistics come back."""
+    in training mode BatchNorm uses batch statistics and the updated running statistics come back.
+    With ``remat`` the :data:`REMAT_METHODS` run under ``jax.checkpoint``: their intermediate
+    activations are not kept for the backward pass but computed again there."""
     model = ConditionalVAE(cfg)
 
-    def apply(batch_stats, method, *args):
+    def call(params, batch_stats, method, *args):
         variables = {"params": params, "batch_stats": batch_stats}
         if train:
             out, updated = model.apply(variables, *args, method=method, mutable=["batch_stats"])
             return out, updated["batch_stats"]
         return model.apply(variables, *args, method=method), batch_stats
+
+    def apply(batch_stats, method, *args):
+        if not (remat and method.__name__ in REMAT_METHODS):
+            return call(params, batch_stats, method, *args)
+        static = tuple(i + 2 for i, a in enumerate(args) if not _is_data(a))
+        checkpointed = jax.checkpoint(lambda p, bs, *a: call(p, bs, method, *a), static_argnums=static)
+        return checkpointed(params, batch_stats, *args)
 
     return apply
 
@@ -91,7 +114,7 @@ def _inputs(cfg: ModelConfig, frames, cond, n_past: int):
 
 def rollout(
     params, batch_stats, frames, cond, key, *, model_cfg: ModelConfig, n_past: int, tf_mask=None, train: bool = True,
-    unroll=None,
+    unroll=None, remat: bool = False,
 ):
     """The posterior pass over a batch of sequences (training; teacher-forced reconstruction).
 
@@ -105,6 +128,9 @@ def rollout(
       train: BatchNorm in training mode (batch statistics, running statistics updated).
       unroll: ``lax.scan`` unroll of the masked path (None = :func:`default_unroll`); the result
         does not depend on it.
+      remat: recompute the encoder's and decoder's activations in the backward pass instead of
+        keeping them (``jax.checkpoint``; less memory, about one more forward pass of them);
+        the result does not depend on it.
 
     Returns ``(outputs, new_batch_stats)``; ``outputs`` holds time-major arrays for steps
     t = 1 .. T-1: ``x_hat`` ``[T-1, B, 64, 64, C]`` (predictions), ``target`` (the frames they
@@ -116,7 +142,7 @@ def rollout(
     x, cond = _inputs(model_cfg, frames, cond, n_past)
     x_tm = jnp.swapaxes(x, 0, 1)  # [T, B, H, W, C]: the scan walks the leading axis
     cond_tm = None if cond is None else jnp.swapaxes(cond, 0, 1)[1:]  # c_t for step t
-    apply = _bind(model_cfg, params, train)
+    apply = _bind(model_cfg, params, train, remat)
     # Every ground-truth frame encoded once; time axis 0 -> per-step BatchNorm statistics.
     (h_gt, skips_gt), bs = apply(batch_stats, ConditionalVAE.encode, x_tm, train, 0)
     keys = jax.random.split(key, x.shape[1] - 1)

@@ -21,9 +21,9 @@ from vp_jax.models.layers import (
     Conv,
     Dtype,
     VGGLayer,
-    max_pool_2x2,
-    take_steps,
-    upsample_nearest_2x,
+    gather_steps,
+    pool_2x2,
+    upsample_2x,
 )
 
 #: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
@@ -65,11 +65,11 @@ class Encoder(nn.Module):
         skips = [x.astype(jnp.float32)] if self.return_input else []
         for stage, (width, depth) in enumerate(zip(self.widths, ENCODER_STAGE_DEPTHS)):
             if stage > 0:
-                x = max_pool_2x2(x)
+                x = pool_2x2(x)
             for i in range(depth):
                 x = VGGLayer(width, **bn, name=f"c{stage + 1}_{i}")(x, train=train, time_axis=time_axis)
             skips.append(x)
-        x = max_pool_2x2(x)  # 4 x 4
+        x = pool_2x2(x)  # 4 x 4
         x = Conv(self.g_dim, (4, 4), ((0, 0), (0, 0)), self.dtype, name="c5")(x)  # 1 x 1
         x = BatchNorm(self.bn_momentum, self.bn_eps, self.dtype, name="c5_bn")(
             x, train=train, time_axis=time_axis
@@ -124,7 +124,7 @@ class Decoder(nn.Module):
         if self.composite:
             reference, skips = skips[0], skips[1:]
             if skip_index is not None and tuple(skip_index) != tuple(range(reference.shape[0])):
-                reference = take_steps(reference, tuple(int(i) for i in skip_index))
+                reference = gather_steps(reference, tuple(int(i) for i in skip_index))
         field = None
         if self.cond_channels:
             if cond is None:
@@ -142,7 +142,7 @@ class Decoder(nn.Module):
         # Stages at 8, 16, 32, 64 pixels: each consumes the encoder skip of the same size.
         stage_widths = ((w4, w4, w3), (w3, w3, w2), (w2, w1), (w1,))
         for stage, (skip, outs) in enumerate(zip(reversed(skips), stage_widths)):
-            x = upsample_nearest_2x(x)
+            x = upsample_2x(x)
             if field is not None and x.shape[-2] <= FIELD_MAX_SIZE:
                 x = jnp.concatenate([x, field(cond, x.shape[-2]).astype(x.dtype)], axis=-1)
             # concat([x, skip]) feeds the first vgg_layer; SkipConcatConv never builds it.

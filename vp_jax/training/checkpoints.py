@@ -72,15 +72,23 @@ def has_checkpoints(workdir: str) -> bool:
 
 def host_copy(state):
     """``state`` with every leaf copied to host memory as NumPy, in one transfer; ``state`` itself
-    when some leaf is not fully addressable from this process (multi-host: orbax writes the
-    local shards of each process).
+    when some leaf is split over the devices of several processes (orbax then writes each
+    process's shards). A leaf replicated over several processes is copied from this process's
+    replica: NumPy leaves are written by process 0 alone, and the checkpoint does not depend on
+    the number of processes that wrote it (it resumes on any other number).
 
     Orbax writes NumPy leaves without its per-array device-transfer machinery: a third of the
     time for a tree of 410 small arrays (the tiny model's state: 1.3 s -> 0.45 s on a 2-core
     CPU). The restored arrays are the same either way."""
-    if not all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree_util.tree_leaves(state)):
+    leaves = jax.tree_util.tree_leaves(state)
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in leaves):
+        return jax.device_get(state)
+    if not all(getattr(leaf, "is_fully_addressable", True) or getattr(leaf, "is_fully_replicated", False)
+               for leaf in leaves):
         return state
-    return jax.device_get(state)
+    return jax.tree_util.tree_map(
+        lambda x: np.asarray(x.addressable_data(0)) if not getattr(x, "is_fully_addressable", True)
+        else np.asarray(jax.device_get(x)), state)
 
 
 def state_digest(state) -> str | None:

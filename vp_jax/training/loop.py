@@ -79,10 +79,14 @@ class _Run:
 
 def _train(config, workdir: str) -> dict:
     mesh = parallel.auto_mesh(config)
-    train_src, val_src = open_split(config.data, "train"), open_split(config.data, "validate")
+    # Process 0 first: it generates or packs the data if missing; the others then open it.
+    train_src, val_src = parallel.main_process_first(
+        lambda: (open_split(config.data, "train"), open_split(config.data, "validate")))
     cond_stats = condition_stats(train_src) if config.data.normalize_condition else None
+    # Each process reads only its rows of every global batch (all of them on a single process).
     batches = BatchIterator(train_src, batch_size=config.train.batch_size, seq_len=config.n_past + config.n_future,
-                            seed=config.seed, random_offset=config.data.random_offset, cond_stats=cond_stats)
+                            seed=config.seed, random_offset=config.data.random_offset, cond_stats=cond_stats,
+                            rows=parallel.process_batch_slice(config.train.batch_size))
     base_key = jax.random.key(config.seed)
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
@@ -150,7 +154,7 @@ def _resume(config, workdir, store, state, batches, main):
         write_csv(history, metrics_path)
     if main:
         save_config_json(config, os.path.join(workdir, "config.json"))
-    for name in ("plots", "gifs"):
+    for name in ("plots", "gifs") if main else ():
         os.makedirs(os.path.join(workdir, name), exist_ok=True)
     return state, start_epoch, start_iter, sums, history
 
@@ -192,7 +196,7 @@ def _train_epoch(run: _Run, stop, state, sums, epoch: int, start: int):
                desc=f"epoch {epoch + 1}/{config.train.niter}")
     bad = 0
     for it in bar:
-        state, m = train_step(state, parallel.put_batch(next(run.batches), run.mesh), run.base_key)
+        state, m = train_step(state, parallel.put_process_batch(next(run.batches), run.mesh), run.base_key)
         acc = _accumulate(acc, m, state.step)
         interrupted = stop.requested and it < epoch_size - 1
         if it % LOG_EVERY == 0 or it == epoch_size - 1 or interrupted:
@@ -264,10 +268,15 @@ class _StopFlag:
         tqdm.write("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handler)
+        # Several processes cannot stop at the same step on their own: there Ctrl-C stops every
+        # process at once (parallel.stop_together) and the run resumes from its last epoch end.
+        self._installed = not parallel.is_multiprocess()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
 
 

@@ -19,6 +19,7 @@ from vp_jax.errors import ConfigError, DataError
 from vp_jax.losses import objective, step_terms
 from vp_jax.models.rollout import rollout
 from vp_jax.schedules import kl_beta_schedule, learning_rate_schedule, teacher_forcing_schedule
+from vp_jax.training.accumulate import accumulate_gradients, check_accumulation
 from vp_jax.training.state import TrainState
 
 
@@ -39,7 +40,7 @@ def teacher_forcing_mask(key: jax.Array, tfr, batch_size: int, num_frames: int, 
 
 def rollout_loss(
     params, batch_stats, frames, cond, tf_mask, key, beta, *, model_cfg: ModelConfig, n_past: int, unroll=None,
-    free_bits: float = 0.0,
+    free_bits: float = 0.0, remat: bool = False,
 ):
     """The optimised objective of one batch (:func:`vp_jax.losses.objective` of the posterior
     :func:`~vp_jax.models.rollout.rollout`, BatchNorm in training mode).
@@ -49,7 +50,7 @@ def rollout_loss(
     """
     outputs, new_batch_stats = rollout(
         params, batch_stats, frames, cond, key, model_cfg=model_cfg, n_past=n_past, tf_mask=tf_mask, train=True,
-        unroll=unroll,
+        unroll=unroll, remat=remat,
     )
     loss, metrics = objective(step_terms(model_cfg, outputs), beta, free_bits)
     return loss, (metrics, new_batch_stats)
@@ -81,6 +82,21 @@ def make_train_step(config: ml_collections.ConfigDict, unroll=None):
     ``nonfinite_count`` (consecutive non-finite updates; the loop should stop at
     ``max_nonfinite``).  BatchNorm running statistics are only kept from finite steps.
     ``unroll``: the rollout scan's unroll (None = :func:`vp_jax.models.rollout.default_unroll`).
+
+    Memory options (the same model and schedules; ``docs/performance.md`` has the figures):
+
+    * ``train.remat`` (default False): the encoder's and decoder's activations are recomputed
+      in the backward pass instead of kept (``jax.checkpoint``); same numbers up to float
+      rounding.
+    * ``train.grad_accum`` = k (default 1): the gradient of the batch is the mean of the gradients
+      of k micro-batches of B / k rows (rows ``i::k``), computed one after the other
+      (:mod:`vp_jax.training.accumulate`); the metrics are the micro-batches' means; one update
+      per batch. What differs from one batch of B: BatchNorm normalises each micro-batch with
+      its own mean and variance (over B / k rows, as a run at batch B / k would) and its running
+      statistics take k updates a step, one per micro-batch; with ``train.kl.free_bits`` the
+      clamp applies to the KL averaged over a micro-batch; the posterior's noise is drawn per
+      micro-batch. The teacher-forcing mask is drawn for the whole batch. Without BatchNorm and
+      free bits the result is that of the big batch, up to float summation order.
     """
     cfg = model_config(config)
     n_past = int(config.n_past)
@@ -91,6 +107,10 @@ def make_train_step(config: ml_collections.ConfigDict, unroll=None):
     tfr_fn = teacher_forcing_schedule(config)
     teacher_forced_only = always_teacher_forced(config)
     free_bits = float(config.train.kl.get("free_bits", 0.0))
+    remat = config.train.get("remat", False)
+    if not isinstance(remat, bool):
+        raise ConfigError(f"config.train.remat = {remat!r}: expected True or False")
+    accum = check_accumulation(int(config.train.batch_size), config.train.get("grad_accum", 1))
 
     def step(state: TrainState, batch: dict, key: jax.Array):
         frames = batch["frames"]
@@ -106,22 +126,34 @@ def make_train_step(config: ml_collections.ConfigDict, unroll=None):
         tfr, beta, lr = tfr_fn(state.step), beta_fn(state.step), lr_fn(state.step)
         tf_mask = teacher_forcing_mask(mask_key, tfr, frames.shape[0], num_frames, n_past, mode)
 
-        def loss_and_grad(mask):
+        def loss_and_grad(batch_stats, frames, cond, mask, loss_key):
             def loss(params):
-                return rollout_loss(params, state.batch_stats, frames, cond, mask, loss_key, beta,
-                                    model_cfg=cfg, n_past=n_past, unroll=unroll, free_bits=free_bits)
+                return rollout_loss(params, batch_stats, frames, cond, mask, loss_key, beta,
+                                    model_cfg=cfg, n_past=n_past, unroll=unroll, free_bits=free_bits, remat=remat)
 
-            return jax.value_and_grad(loss, has_aux=True)(state.params)
+            (_, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+            return new_batch_stats, grads, metrics
 
-        if teacher_forced_only:
-            (_, (metrics, new_batch_stats)), grads = loss_and_grad(None)
-        else:
+        def batch_grads(batch_stats, frames, cond, mask, loss_key):
+            if teacher_forced_only:
+                return loss_and_grad(batch_stats, frames, cond, None, loss_key)
             # An iteration whose encoder inputs are all ground truth takes the cheaper path (same
             # numbers); the cond wraps the whole loss-and-gradient, so neither branch has to keep
             # the other's intermediate values for the backward pass.
-            (_, (metrics, new_batch_stats)), grads = jax.lax.cond(
-                jnp.all(tf_mask), lambda: loss_and_grad(None), lambda: loss_and_grad(tf_mask)
+            return jax.lax.cond(
+                jnp.all(mask), lambda: loss_and_grad(batch_stats, frames, cond, None, loss_key),
+                lambda: loss_and_grad(batch_stats, frames, cond, mask, loss_key),
             )
+
+        if accum == 1:
+            new_batch_stats, grads, metrics = batch_grads(state.batch_stats, frames, cond, tf_mask, loss_key)
+        else:
+            def micro_step(batch_stats, micro, i):
+                return batch_grads(batch_stats, micro["frames"], micro["cond"], micro["mask"],
+                                   jax.random.fold_in(loss_key, i))
+
+            new_batch_stats, grads, metrics = accumulate_gradients(
+                micro_step, state.batch_stats, {"frames": frames, "cond": cond, "mask": tf_mask}, accum)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = opt_state.last_finite  # apply_if_finite skipped the update when False

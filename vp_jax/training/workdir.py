@@ -34,9 +34,9 @@ VAL_COLUMNS = ["val_psnr", "val_psnr_moving", "val_action_sensitivity_db", "val_
 METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", *VAL_COLUMNS, "seconds", "rss_mb"]
 STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
 # Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
-RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.")
+RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.", "train.remat")
 # Training fields that configs gained later, with the value a workdir without them was trained with.
-ADDED_FIELDS = {"train.kl.free_bits": 0.0}
+ADDED_FIELDS = {"train.kl.free_bits": 0.0, "train.remat": False, "train.grad_accum": 1}
 
 
 class TrainingStopped(VPError):
@@ -134,6 +134,13 @@ def open_workdir(config, workdir: str):
     losses) or is interrupted before its first checkpoint in a new or empty ``workdir`` leaves
     no workdir behind."""
     validate(config)
+    from vp_jax import parallel
+
+    if not parallel.is_main_process():  # a multi-process run: process 0 creates, locks and cleans up
+        prepare_workdir(config, workdir)
+        parallel.sync_processes("workdir open")
+        yield
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise VPError(f"--workdir {workdir}: exists and is not a folder")
     new = not os.path.exists(workdir)
@@ -148,6 +155,7 @@ def open_workdir(config, workdir: str):
     with WorkdirLock(workdir):
         try:
             prepare_workdir(config, workdir)
+            parallel.sync_processes("workdir open")
             yield
         except (VPError, KeyboardInterrupt):
             if empty and not has_checkpoints(workdir):  # nothing trained: leave nothing behind
