@@ -18,7 +18,8 @@ import pytest
 from flax import linen as nn
 
 from vp_jax.config import load_config_file, model_config
-from vp_jax.models.layers import SkipConcatConv, max_pool_2x2, weight_init
+from vp_jax.models.kernels import max_pool_2x2
+from vp_jax.models.layers import SkipConcatConv, weight_init
 from vp_jax.losses import step_terms
 from vp_jax.models.rollout import rollout
 from vp_jax.training import step as step_lib
@@ -157,7 +158,7 @@ def test_train_step_same_with_and_without_the_static_fast_path(fast_jit):
 
 
 def test_upsample_and_take_steps_gradients_are_autodiffs():
-    from vp_jax.models.layers import take_steps, upsample_nearest_2x
+    from vp_jax.models.kernels import take_steps, upsample_nearest_2x
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 5, 6))
     g = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8, 10, 6))
@@ -173,9 +174,9 @@ def test_upsample_and_take_steps_gradients_are_autodiffs():
 
 
 def test_materialized_is_the_identity_with_its_gradient():
-    """layers.materialized (a fusion boundary for XLA:CPU) returns its input, passes gradients
+    """kernels.materialized (a fusion boundary for XLA:CPU) returns its input, passes gradients
     through unchanged, and gives NaN only when the witness is NaN (every result is NaN then)."""
-    from vp_jax.models.layers import materialized
+    from vp_jax.models.kernels import materialized
 
     x = jax.random.normal(jax.random.key(0), (3, 4, 5))
     w = jnp.ones((2,))
@@ -190,7 +191,7 @@ def test_conv_nhwc_gradients_equal_autodiff_of_lax_conv(padding):
     """conv_nhwc's hand-written kernel gradient (a transposed convolution through `materialized`)
     against autodiff of lax.conv_general_dilated, jitted as the train step is, with an
     elementwise producer in front of the convolution (what XLA would fuse into the transpose)."""
-    from vp_jax.models.layers import conv_nhwc
+    from vp_jax.models.kernels import conv_nhwc
 
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 3, 8, 8, 5)), jnp.float32)

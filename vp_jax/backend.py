@@ -5,7 +5,7 @@ On XLA:CPU some operations are much faster written another way (measured in
 
 * hand-written gradients (``jax.custom_vjp``) for the convolution's kernel gradient, the 2x2
   max-pool, the nearest-neighbour upsampling and the gather of decoder steps
-  (:mod:`vp_jax.models.layers`), with fusion boundaries (``layers.materialized``) in them;
+  (:mod:`vp_jax.models.kernels`), with fusion boundaries (``kernels.materialized``) in them;
 * a fully unrolled ``lax.scan`` for the rollout's path with a teacher-forcing mask
   (:func:`scan_unroll`).
 

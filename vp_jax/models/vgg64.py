@@ -22,9 +22,8 @@ from vp_jax.models.layers import (
     Dtype,
     VGGLayer,
     gather_steps,
-    pool_2x2,
-    upsample_2x,
 )
+from vp_jax.models.kernels import pool_2x2, upsample_2x
 
 #: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
 ENCODER_STAGE_DEPTHS = (2, 2, 3, 3)
