@@ -11,7 +11,7 @@ On XLA:CPU some operations are much faster written another way (measured in
 
 On every other backend (GPU, TPU) they are off: plain ``lax`` operations with JAX's own
 gradients and rolled loops, which the GPU compilers handle well. The numbers are the same up to
-float summation order (``tests/test_backend.py`` runs the train step both ways on the CPU: same
+float summation order (``tests/test_memory_options.py`` runs the loss both ways on the CPU: same
 loss and gradients). The other CPU settings, the XLA flags (:mod:`vp_jax.xla_flags`) and the
 malloc tuning (:mod:`vp_jax.host_memory`), are decided before JAX starts, by the same rule
 (:func:`vp_jax.xla_flags.runs_on_cpu`).

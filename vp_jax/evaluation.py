@@ -24,10 +24,6 @@ from vp_jax import metrics as M
 from vp_jax.generation import evaluation_key, make_generate_fn
 
 
-def _to_uint8(x):
-    return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
-
-
 @functools.cache
 def _make_scorer(moving_threshold: float):
     """One jitted scorer per process and threshold (validation runs every epoch; compile it once)."""
@@ -36,7 +32,7 @@ def _make_scorer(moving_threshold: float):
     def score(pred, target, reference):
         """pred float [N, B, T, H, W, C] in [0, 1]; target uint8 [B, T, H, W, C]; reference uint8
         [B, H, W, C] (the last context frame) -> pred as uint8, PSNR, SSIM, moving-pixel PSNR [N, B, T]."""
-        pred_u8 = _to_uint8(pred)
+        pred_u8 = M.to_uint8(pred)
         p = pred_u8.astype(jnp.float32) / 255.0
         t = target.astype(jnp.float32) / 255.0
         moving = M.moving_mask(t, reference.astype(jnp.float32) / 255.0, moving_threshold)

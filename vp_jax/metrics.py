@@ -45,6 +45,11 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
+def to_uint8(x):
+    """Frames in [0, 1] -> uint8, rounded to the nearest level (how predictions are scored and saved)."""
+    return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
+
+
 def psnr_per_frame(pred, target, data_range: float = 1.0):
     """Per-frame PSNR in dB, ``[..., T, H, W, C] -> [..., T]``.
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vp_jax import metrics
 from vp_jax.errors import ConfigError, DataError
 from vp_jax.generation import evaluation_key, make_generate_fn
 
@@ -173,7 +174,7 @@ class Predictor:
 
             @jax.jit
             def to_uint8(pred):  # [S, B, T, ...] float -> [B, S, T, ...] uint8, rounded as evaluation rounds
-                return jnp.swapaxes(jnp.clip(jnp.round(pred * 255.0), 0, 255).astype(jnp.uint8), 0, 1)
+                return jnp.swapaxes(metrics.to_uint8(pred), 0, 1)
 
             self._fns[num_samples] = (generate, to_uint8)
         return self._fns[num_samples]

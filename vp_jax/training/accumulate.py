@@ -7,7 +7,7 @@ contiguous block of rows) every device then holds its own share of every micro-b
 rows move between devices.
 
 For a loss that is a mean over the batch's rows, the mean of the k micro-batches' gradients (and
-losses) is the big batch's, up to float summation order (``tests/test_accumulate.py``). The
+losses) is the big batch's, up to float summation order (``tests/test_memory_options.py``). The
 model's train step (``train.grad_accum``) is such a mean except for what couples the rows of a
 batch -- see :func:`vp_jax.training.step.make_train_step`: BatchNorm normalises each micro-batch
 with its own statistics, and free bits clamp the KL averaged over a micro-batch.
