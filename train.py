@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 @cli_main
 def main(argv):
     cli.start(argv, options="--config, --workdir, --config.FIELD=VALUE")
-    from vp_jax.config import load_config_json, validate
+    from vp_jax.config import load_config_json, run_config
 
     config = FLAGS.config
     if config is None:
@@ -34,13 +34,13 @@ def main(argv):
         if not os.path.exists(saved):
             raise ConfigError(f"--config is required: {saved} does not exist (a new run needs a config)")
         config = load_config_json(saved)
-    validate(config)  # a bad field: one line, before JAX and the training code load
+    run = run_config(config)  # a bad field: one line, before JAX and the training code load
     from vp_jax import parallel
     from vp_jax.training.loop import train_and_evaluate
 
-    parallel.initialize_distributed(config)  # config.parallel.distributed: multi-host, before JAX starts
+    parallel.initialize_distributed(run.config)  # config.parallel.distributed: multi-host, before JAX starts
     with parallel.stop_together():  # several processes: one fails -> all stop, one line each
-        train_and_evaluate(config, FLAGS.workdir)
+        train_and_evaluate(run, FLAGS.workdir)
 
 
 if __name__ == "__main__":

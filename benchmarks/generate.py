@@ -1,7 +1,7 @@
 """Cost of the paper's evaluation protocol: N samples from the prior for each test sequence.
 
 The paper protocol (docs/model.md) draws N = 100 futures for each of the 256 BAIR test sequences.
-This times ``make_generate_fn(config, num_samples=N, bn_mode)`` on batches of synthetic
+This times ``make_generate_fn(run.model, run.n_past, num_samples=N, bn_mode)`` on batches of synthetic
 sequences and prints one JSON object: seconds per batch (median after compilation), the
 protocol's throughput in sequence-samples per second, and the projected time of the whole
 protocol. On a CPU use fewer samples/sequences; the rate scales about linearly::
@@ -63,7 +63,7 @@ def main(argv=None):
     import numpy as np
 
     from vp_jax import parallel
-    from vp_jax.config import load_config_file, validate
+    from vp_jax.config import load_config_file, run_config
     from vp_jax.generation import make_generate_fn
     from vp_jax.training.state import create_train_state
 
@@ -71,7 +71,7 @@ def main(argv=None):
     if args.n_eval:
         config.n_eval = args.n_eval
         config.data.seq_len = max(config.data.seq_len, args.n_eval)
-    validate(config)
+    run = run_config(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(args.batch, mesh, "eval.batch_size")
     B, T = args.batch, config.n_eval
@@ -79,8 +79,8 @@ def main(argv=None):
     frames = rng.integers(0, 256, (B, T, config.model.image_size, config.model.image_size, 3), dtype=np.uint8)
     cond = rng.standard_normal((B, T, config.model.cond_dim)).astype(np.float32)
     batch = parallel.shard_batch({"frames": frames, "cond": cond}, mesh)
-    state = parallel.replicate(create_train_state(config, jax.random.key(0)), mesh)
-    generate = make_generate_fn(config, num_samples=args.num_samples, bn_mode=args.bn_mode)
+    state = parallel.replicate(create_train_state(run, jax.random.key(0)), mesh)
+    generate = make_generate_fn(run.model, run.n_past, num_samples=args.num_samples, bn_mode=args.bn_mode)
     jitted = generate if hasattr(generate, "lower") else jax.jit(generate)
 
     key = jax.random.key(1)

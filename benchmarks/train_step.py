@@ -95,15 +95,15 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
     import numpy as np
 
     from vp_jax import host_memory, parallel
-    from vp_jax.config import load_config_file, validate
+    from vp_jax.config import load_config_file, run_config
     from vp_jax.training.state import create_train_state
     from vp_jax.training.step import make_train_step
 
     config = apply_overrides(load_config_file(config_path), overrides)
     if batch_size:
         config.train.batch_size = batch_size
-    validate(config)
-    B, T = config.train.batch_size, config.n_past + config.n_future
+    run = run_config(config)
+    B, T = run.train.batch_size, run.num_frames
     mesh = parallel.make_mesh()
     parallel.check_batch_size(B, mesh)
 
@@ -112,9 +112,9 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
         "frames": rng.integers(0, 256, (B, T, config.model.image_size, config.model.image_size, 3), dtype=np.uint8),
         "cond": rng.standard_normal((B, T, config.model.cond_dim)).astype(np.float32),
     }
-    state = parallel.replicate(create_train_state(config, jax.random.key(seed)), mesh)
+    state = parallel.replicate(create_train_state(run, jax.random.key(seed)), mesh)
     batch = parallel.shard_batch(batch, mesh)
-    step = make_train_step(config, unroll=unroll or None)
+    step = make_train_step(run, unroll=unroll or None)
     jitted = step if hasattr(step, "lower") else jax.jit(step)
     key = jax.random.key(seed + 1)
 

@@ -23,6 +23,8 @@ import pytest
 from data_support import assert_one_line_error, flip_a_byte, make_pushbot, rewrite_state_with_one_value_changed
 from PIL import Image
 
+from vp_jax.config import run_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTS = dict(train=8, validate=4, test=4)
 SEQ = "pushbot_{split}_000/0"  # the first sequence folder of a split in the pushbot layout
@@ -221,7 +223,7 @@ def checkpointed(pristine, tmp_path_factory):
     config.data.source, config.data.root, config.data.cache_dir = "lab", pristine, str(base / "cache")
     os.makedirs(workdir)
     save_config_json(config, os.path.join(workdir, "config.json"))
-    state = create_train_state(config, jax.random.key(0))
+    state = create_train_state(run_config(config), jax.random.key(0))
     import dataclasses
 
     model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(model_config(config)).items()}

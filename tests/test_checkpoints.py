@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vp_jax.config import model_config
+from vp_jax.config import model_config, run_config
 from vp_jax.training import checkpoints
 from vp_jax.training.checkpoints import CheckpointStore, host_copy, state_digest
 from vp_jax.training.state import TrainState, make_optimizer
@@ -18,7 +18,7 @@ from vp_jax.training.state import TrainState, make_optimizer
 @pytest.fixture()
 def state(tiny_config, tiny_variables):
     """A tiny TrainState whose Adam moments are not all zero (one update applied)."""
-    tx = make_optimizer(tiny_config)
+    tx = make_optimizer(run_config(tiny_config).train)
     params = tiny_variables["params"]
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
     opt_state = tx.init(params)

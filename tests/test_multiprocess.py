@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from multiprocess_support import output, read_lines, run, sequence_log, start, wait
 
+from vp_jax.config import run_config
 from vp_jax import parallel
 from vp_jax.errors import ConfigError
 
@@ -161,7 +162,7 @@ def final_params(workdir: str):
     from vp_jax.training.state import create_train_state
 
     config = load_workdir_config(workdir)
-    abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda: create_train_state(run_config(config), jax.random.key(0)))
     with CheckpointStore(workdir, read_only=True) as store:
         state, meta = store.restore("latest", abstract, model_config(config))
     return jax.tree.leaves(jax.device_get(state.params)), meta

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, SequenceSource, condition_stats
 from vp_jax.evaluation import derangement, predict_and_score, summarize
 from vp_jax.training.state import create_train_state
@@ -66,12 +67,12 @@ def train_and_score(config, steps: int, seed: int = 0) -> dict:
     test = SequenceSource(*square_sequences(64, config.n_eval, seed + 1), name="squares:test")
     stats = condition_stats(train) if config.data.normalize_condition else None
     batches = BatchIterator(train, config.train.batch_size, seq_len, seed=seed, cond_stats=stats, prefetch=0)
-    state = create_train_state(config, jax.random.key(seed))
-    step = make_train_step(config)
+    state = create_train_state(run_config(config), jax.random.key(seed))
+    step = make_train_step(run_config(config))
     for i in range(steps):
         state, _ = step(state, next(batches), jax.random.key(seed))  # the step folds in its counter
     scores = predict_and_score(
-        config, state.params, state.batch_stats, test, key=jax.random.key(1), batch_size=32, cond_stats=stats,
+        run_config(config), state.params, state.batch_stats, test, key=jax.random.key(1), batch_size=32, cond_stats=stats,
         shuffled_permutation=derangement(len(test), seed), mesh=None,
     )
     return summarize(scores)

@@ -24,6 +24,8 @@ import pandas as pd
 import pytest
 from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed
 
+from vp_jax.config import run_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 epochs of 4 steps: short enough to run several times, long enough for a kill in a random
 # later epoch. 16 training sequences / batch 4 = 4 batches per data epoch.
@@ -276,7 +278,7 @@ def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how):
     last, previous = latest_steps(workdir)[-2:][::-1]
     # A TrainState target built from the saved arrays (no model initialisation needed).
     tree = ocp.StandardCheckpointer().restore(os.path.join(reference, "checkpoints", "latest", str(last), "state"))
-    tx = make_optimizer(config)
+    tx = make_optimizer(run_config(config).train)
     target = TrainState(step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
                         opt_state=tx.init(tree["params"]), tx=tx)
     step_dir = os.path.join(workdir, "checkpoints", "latest", str(last))

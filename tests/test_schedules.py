@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import lab_bair
+from vp_jax.config import run_config
 from vp_jax.schedules import (
     frange_cycle_linear,
     kl_beta_schedule,
@@ -31,6 +32,7 @@ def lab_table(n_iter, start=0.0, stop=1.0, n_cycle=4, ratio=0.5):
 
 
 def config(**train):
+    """The lab's ``config.train`` with ``train`` changed (``kl__cycles=3``: ``train.kl.cycles``)."""
     c = lab_bair.get_config()
     for key, value in train.items():
         node = c.train
@@ -38,7 +40,7 @@ def config(**train):
         for p in parents:
             node = node[p]
         node[leaf] = value
-    return c
+    return run_config(c).train  # the typed config.train the schedules take
 
 
 def values(fn, steps):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from vp_jax.config import load_config_file, model_config
+from vp_jax.config import load_config_file, model_config, run_config
 from vp_jax.models.kernels import max_pool_2x2
 from vp_jax.models.layers import SkipConcatConv, weight_init
 from vp_jax.losses import step_terms
@@ -121,13 +121,13 @@ def test_teacher_forced_rollout_equals_scan_rollout(tiny_config, tiny_variables,
 
 def test_always_teacher_forced():
     config = load_config_file(os.path.join(ROOT, "configs", "lab_bair.py"))
-    assert step_lib.always_teacher_forced(config)  # lab: tfr 1, no decay
+    assert step_lib.always_teacher_forced(run_config(config).train)  # lab: tfr 1, no decay
     config.train.tfr.decay_step = 0.1
-    assert not step_lib.always_teacher_forced(config)
+    assert not step_lib.always_teacher_forced(run_config(config).train)
     config.train.tfr.lower_bound = 1.0
-    assert step_lib.always_teacher_forced(config)
+    assert step_lib.always_teacher_forced(run_config(config).train)
     config.train.tfr.start = 0.5
-    assert not step_lib.always_teacher_forced(config)
+    assert not step_lib.always_teacher_forced(run_config(config).train)
 
 
 def test_train_step_same_with_and_without_the_static_fast_path(fast_jit):
@@ -140,15 +140,15 @@ def test_train_step_same_with_and_without_the_static_fast_path(fast_jit):
     decaying = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     decaying.train.tfr.start_decay_epoch = 100  # still 1.0 for these steps, but not provably
     decaying.train.tfr.decay_step = 0.1
-    assert step_lib.always_teacher_forced(config) and not step_lib.always_teacher_forced(decaying)
+    assert step_lib.always_teacher_forced(run_config(config).train) and not step_lib.always_teacher_forced(run_config(decaying).train)
     rng = np.random.default_rng(4)
     B, T = config.train.batch_size, config.n_past + config.n_future
     batch = {"frames": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8),
              "cond": rng.standard_normal((B, T, config.model.cond_dim)).astype(np.float32)}
     losses = []
     for c in (config, decaying):
-        state = create_train_state(c, jax.random.key(0))
-        train_step = fast_jit(step_lib.make_train_step(c, unroll=1))
+        state = create_train_state(run_config(c), jax.random.key(0))
+        train_step = fast_jit(step_lib.make_train_step(run_config(c), unroll=1))
         out = []
         for s in range(3):
             state, m = train_step(state, batch, jax.random.key(s))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vp_jax.config import model_config, validate
+from vp_jax.config import model_config, run_config, validate
 from vp_jax.losses import kl_diagonal_gaussians, kl_standard_normal, step_terms
 from vp_jax.models.cvae import ConditionalVAE, initial_state
 from vp_jax.models.lstm import reparameterize
@@ -344,8 +344,8 @@ def training_run(tiny_config):
         "frames": jnp.asarray(blob_frames(2, 4)),
         "cond": jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 7)).astype(np.float32)),
     }
-    state = create_train_state(c, jax.random.PRNGKey(0))
-    step = make_train_step(c)
+    state = create_train_state(run_config(c), jax.random.PRNGKey(0))
+    step = make_train_step(run_config(c))
     history = []
     for i in range(100):
         state, metrics = step(state, batch, jax.random.PRNGKey(i))
@@ -394,7 +394,7 @@ def test_loss_and_gradient_pinned_on_a_fixed_batch(tiny_config, fast_jit):
 
     config = tiny_config
     cfg = model_config(config)
-    state = create_train_state(config, jax.random.key(0))
+    state = create_train_state(run_config(config), jax.random.key(0))
     rng = np.random.default_rng(0)
     t = config.n_past + config.n_future
     frames = jnp.asarray(rng.integers(0, 256, (2, t, 64, 64, 3), dtype=np.uint8))

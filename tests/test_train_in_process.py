@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from data_support import COUNTS, SEED, make_pushbot
 
+from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, open_split
 from vp_jax.training import loop
 from vp_jax.training.checkpoints import CheckpointStore
@@ -40,8 +41,9 @@ def test_steady_state_steps_make_no_implicit_transfer(config, tmp_path, monkeypa
     batches = BatchIterator(open_split(c.data, "train"), batch_size=c.train.batch_size,
                             seq_len=c.n_past + c.n_future, seed=c.seed)
     with CheckpointStore(str(tmp_path / "w"), keep=1) as store:
-        run = loop._Run(c, str(tmp_path / "w"), store, batches, None, True, jax.random.key(0), make_train_step(c), None)
-        state = create_train_state(c, jax.random.key(0))
+        typed = run_config(c)
+        run = loop._Run(typed, str(tmp_path / "w"), store, batches, None, True, jax.random.key(0), make_train_step(typed), None)
+        state = create_train_state(typed, jax.random.key(0))
         state, sums, bad = loop._train_epoch(run, _NoStop(), state, None, 0, c.train.epoch_size - 1)  # compile
         reads = []
         device_get = jax.device_get

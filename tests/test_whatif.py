@@ -13,7 +13,7 @@ import pytest
 
 from data_support import COUNTS, SEED, assert_one_line_error, make_pushbot, run_module
 from vp_jax import whatif
-from vp_jax.config import save_config_json
+from vp_jax.config import run_config, save_config_json
 from vp_jax.data import pushbot
 from vp_jax.data.pipeline import condition_stats, open_split
 from vp_jax.errors import DataError, VPError
@@ -33,7 +33,7 @@ def workdir(tmp_path_factory, tiny_config, tiny_variables):
     wd = str(root / "run")
     os.makedirs(wd)
     save_config_json(config, os.path.join(wd, "config.json"))
-    tx = make_optimizer(config)
+    tx = make_optimizer(run_config(config).train)
     params = tiny_variables["params"]
     # Nudge the weights so the conditions visibly steer the output of the untrained model.
     params = jax.tree.map(lambda p: p * 3.0, params)
@@ -58,7 +58,7 @@ def test_predictor_gives_evaluations_frames(predictor):
     split's statistics, as evaluation does."""
     from vp_jax.evaluation import predict_and_score
 
-    config = predictor.config
+    config = predictor.run
     source = open_split(config.data, "test")
     stats = condition_stats(open_split(config.data, "train"))
     np.testing.assert_array_equal(predictor.cond_stats["mean"], stats["mean"])
@@ -128,7 +128,7 @@ def test_scale_one_reproduces_the_unedited_prediction(whatif_run, predictor):
     assert scale1["mean_pixel_change"] == 0.0 and scale1["psnr_vs_truth"] == unedited["psnr_vs_truth"]
     assert report["edits"][2]["mean_pixel_change"] > 0  # the conditions reach the frames
     # The unedited prediction is the predictor's, on the stored frames and conditions.
-    source = open_split(predictor.config.data, "test")
+    source = open_split(predictor.run.data, "test")
     direct = predictor.predict(source.frames[1:2, :2], source.cond[1:2, :5])[0, 0]
     np.testing.assert_array_equal(arrays["pred"][0], direct)
     with open(os.path.join(out, "whatif.json")) as f:
@@ -243,7 +243,7 @@ def test_cli_refuses_a_bad_csv_and_a_missing_edit(workdir, tmp_path):
 def test_a_sequence_that_is_not_the_generators_has_no_counterfactual(predictor):
     """A stored sequence whose conditions are not the generator's (one action altered): whatif
     falls back to approximate positions instead of scoring against a wrong counterfactual."""
-    config = predictor.config
+    config = predictor.run
     source = open_split(config.data, "test")
     cond = np.array(source.cond[1])
     cond[0, 0] += 0.5

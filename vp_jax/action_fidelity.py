@@ -204,7 +204,7 @@ def score(model: InverseModel, videos, actions, first: int) -> dict:
     }
 
 
-def evaluate(config, source, scores: dict, *, steps: int = STEPS, seed: int | None = None,
+def evaluate(run, source, scores: dict, *, steps: int = STEPS, seed: int | None = None,
              model: InverseModel | None = None) -> dict:
     """The ``action_fidelity`` entry of ``metrics.json``: an inverse model trained on the
     training split (or ``model``), scored on ``source``'s ground truth, the predictions in
@@ -215,11 +215,11 @@ def evaluate(config, source, scores: dict, *, steps: int = STEPS, seed: int | No
     if model is None:
         from vp_jax.data.pipeline import open_split
 
-        train_source = open_split(config.data, "train")
+        train_source = open_split(run.data, "train")
         trained_on = train_source.name
-        seed = int(config.seed if seed is None else seed)
+        seed = int(run.seed if seed is None else seed)
         model = train_inverse_model(train_source.frames, train_source.cond[:, :, :dims], steps=steps, seed=seed)
-    n_past = int(config.n_past)
+    n_past = run.n_past
     context, target, pred = (np.asarray(scores[k]) for k in ("context", "target", "pred"))
     count, num_frames = len(pred), context.shape[1] + target.shape[1]
     actions = np.asarray(source.cond[:count, :num_frames, :dims], np.float64)

@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import sys
+import typing
 
 import ml_collections
+import numpy as np
 
 from vp_jax._compat import is_deferred_config_error
 from vp_jax.errors import ConfigError
@@ -57,17 +59,168 @@ class ModelConfig:
     output: str = "frame"  # 'frame' (sigmoid image) or 'composite' (mask x painted + (1 - mask) x skip frame)
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The frozen :class:`ModelConfig` of ``config.model``."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+@dataclasses.dataclass(frozen=True)
+class KLConfig:
+    """``config.train.kl``: the KL weight's annealing (:func:`vp_jax.schedules.kl_beta_schedule`)."""
+
+    schedule: str = "cyclical"
+    cycles: int = 3
+    ratio: float = 0.5
+    beta_max: float = 1.0
+    per: str = "epoch"
+    free_bits: float = 0.0  # nats per latent dimension and frame that cost nothing (0 = the plain KL)
+
+
+@dataclasses.dataclass(frozen=True)
+class TFRConfig:
+    """``config.train.tfr``: the teacher-forcing ratio's decay (:func:`vp_jax.schedules.teacher_forcing_schedule`)."""
+
+    start: float = 1.0
+    start_decay_epoch: int = 0
+    decay_step: float = 0.0
+    lower_bound: float = 0.0
+    mode: str = "iteration"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``config.train``: batch, schedules, optimiser and memory options."""
+
+    batch_size: int = 12
+    epoch_size: int = 600
+    niter: int = 300
+    lr: float = 0.002
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    kl: KLConfig = KLConfig()
+    tfr: TFRConfig = TFRConfig()
+    max_nonfinite: int = 5
+    remat: bool = False
+    grad_accum: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """``config.eval``: validation during training and eval.py's defaults."""
+
+    every_epochs: int = 1
+    num_val_batches: int = 0
+    batch_size: int = 32
+    num_samples: int = 1
+    bn_mode: str = "inference"
+    num_gifs: int = 4
+    moving_threshold: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A validated config, typed: built once by :func:`run_config` and passed down.
+
+    ``model``, ``train`` and ``eval`` are frozen dataclasses (a field missing from an older
+    config.json takes the default above). ``config`` is the tree it was built from, frozen: the
+    data source's and the parallel settings are read from it (``config.data``, ``config.parallel``)
+    and it is what a workdir's config.json holds.
+    """
+
+    seed: int
+    n_past: int
+    n_future: int
+    n_eval: int
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    checkpoint_keep: int
+    config: ml_collections.FrozenConfigDict = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def data(self) -> ml_collections.FrozenConfigDict:
+        return self.config.data
+
+    @property
+    def num_frames(self) -> int:
+        """Frames a training sequence holds: ``n_past + n_future``."""
+        return self.n_past + self.n_future
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
+
+
+def _checked(value, kind, field: str):
+    """``value`` as ``kind`` (int, float, bool, str or a tuple of ints), or a one-line
+    :class:`ConfigError` naming ``field`` when it is of another kind."""
+    if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+    elif kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    elif kind is float:
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    elif kind is str:
+        ok = isinstance(value, str)
+    else:  # tuple[int, ...]
+        ok = isinstance(value, (tuple, list)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value)
+        return tuple(int(v) for v in value) if ok else _wrong(field, value, "a sequence of integers")
+    return kind(value) if ok else _wrong(field, value, _KINDS[kind])
+
+
+def _wrong(field: str, value, expected: str):
+    raise ConfigError(f"{field} = {value!r}: expected {expected}")
+
+
+def _typed(cls, node, prefix: str):
+    """``cls(**node)`` with every value checked against its field's type; an unknown field or a
+    value of the wrong kind raises a one-line :class:`ConfigError` naming the field. Fields that
+    ``node`` lacks take their defaults."""
+    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for key, value in config.model.items():
-        if key not in fields:
-            raise ConfigError(f"config.model.{key}: unknown field (expected one of {sorted(fields)})")
-        if key == "enc_widths":
-            value = tuple(int(v) for v in value)
-        kwargs[key] = value
-    return ModelConfig(**kwargs)
+    for key, value in node.items():
+        field = f"{prefix}.{key}"
+        if key not in hints:
+            raise ConfigError(f"{field}: unknown field (expected one of {sorted(hints)})")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                _wrong(field, value, "a group of fields")
+            kwargs[key] = _typed(hints[key], value, field)
+        else:
+            kwargs[key] = _checked(value, hints[key], field)
+    return cls(**kwargs)
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The frozen :class:`ModelConfig` of ``config.model`` (fields and their kinds checked)."""
+    return _typed(ModelConfig, config.model, "config.model")
+
+
+def run_config(config: ml_collections.ConfigDict) -> RunConfig:
+    """Check ``config`` and build its :class:`RunConfig` (once per run; a RunConfig is returned
+    as it is). Raises a one-line :class:`ConfigError` naming the first bad field."""
+    if isinstance(config, RunConfig):
+        return config
+    try:
+        run = RunConfig(
+            seed=_checked(config.seed, int, "config.seed"),
+            n_past=_checked(config.n_past, int, "config.n_past"),
+            n_future=_checked(config.n_future, int, "config.n_future"),
+            n_eval=_checked(config.n_eval, int, "config.n_eval"),
+            model=model_config(config),
+            train=_typed(TrainConfig, config.train, "config.train"),
+            eval=_typed(EvalConfig, config.eval, "config.eval"),
+            checkpoint_keep=_checked(config.checkpoint.keep, int, "config.checkpoint.keep"),
+            config=ml_collections.FrozenConfigDict(config),
+        )
+    except AttributeError as err:  # a missing field in a hand-written config
+        raise ConfigError(f"config is missing a field: {err}") from None
+    _check(config)
+    return run
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check ``config`` (every field known and of the right kind, the fields that must agree with
+    each other); return it unchanged. :func:`run_config` checks and builds the typed config."""
+    run_config(config)
+    return config
 
 
 def _require(cond: bool, field: str, expected: str, value) -> None:
@@ -75,8 +228,8 @@ def _require(cond: bool, field: str, expected: str, value) -> None:
         raise ConfigError(f"config.{field} = {value!r}: expected {expected}")
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Check the fields that must agree with each other; return the config unchanged."""
+def _check(config: ml_collections.ConfigDict) -> None:
+    """The checks of fields that must agree with each other."""
     try:
         m, d, t, e = config.model, config.data, config.train, config.eval
         _require(config.n_past >= 1, "n_past", "an integer >= 1", config.n_past)
@@ -147,8 +300,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(config.checkpoint.keep >= 1, "checkpoint.keep", "an integer >= 1", config.checkpoint.keep)
     except AttributeError as err:  # a missing field in a hand-written config
         raise ConfigError(f"config is missing a field: {err}") from None
-    model_config(config)  # unknown model fields
-    return config
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

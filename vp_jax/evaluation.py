@@ -43,7 +43,7 @@ def _make_scorer(moving_threshold: float):
 
 
 def predict_and_score(
-    config,
+    run,
     params,
     batch_stats,
     source,
@@ -63,7 +63,8 @@ def predict_and_score(
     moving_threshold: float = M.MOVING_THRESHOLD,
     extra_scorers: tuple = (),
 ) -> dict:
-    """Generate ``num_samples`` futures for each sequence of ``source`` and score them.
+    """Generate ``num_samples`` futures for each sequence of ``source`` with the model of
+    ``run`` (a :class:`~vp_jax.config.RunConfig`) from its ``n_past`` context frames, and score them.
 
     Returns numpy arrays over the predicted frames ``T = n_eval - n_past``:
 
@@ -91,13 +92,13 @@ def predict_and_score(
     from vp_jax import parallel
     from vp_jax.data.pipeline import eval_batches, standardize
 
-    n_past, n_eval = config.n_past, config.n_eval
+    n_past, n_eval = run.n_past, run.n_eval
     if isinstance(mesh, str):
         mesh = parallel.auto_mesh()
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh, "eval.batch_size")
         params, batch_stats = parallel.replicate((params, batch_stats), mesh)
-    fns = fns or make_eval_fns(config, num_samples, bn_mode)
+    fns = fns or make_eval_fns(run, num_samples, bn_mode)
     score = _make_scorer(float(moving_threshold))
     out = {}
 
@@ -106,7 +107,7 @@ def predict_and_score(
         for name, value in scores.items():
             out.setdefault(prefix + name, []).append(parallel.host_array(value)[..., :keep, :])
 
-    cond_dim = config.model.cond_dim
+    cond_dim = run.model.cond_dim
     num_batches = -(-len(source) // batch_size)
     if max_batches:
         num_batches = min(num_batches, max_batches)
@@ -161,19 +162,14 @@ def default_batch_size(eval_batch_size: int, num_samples: int, shards: int = 1) 
     return -(-batch // shards) * shards
 
 
-def moving_threshold(config) -> float:
-    """``config.eval.moving_threshold`` (configs written before it existed: the default)."""
-    return float(config.eval.get("moving_threshold", M.MOVING_THRESHOLD))
-
-
-def make_eval_fns(config, num_samples: int = 1, bn_mode: str = "inference") -> dict:
+def make_eval_fns(run, num_samples: int = 1, bn_mode: str = "inference") -> dict:
     """The jitted functions :func:`predict_and_score` calls: ``generate`` (``num_samples``
     samples), ``generate_one`` (one sample, for the shuffled-condition pass) and ``reconstruct``."""
     from vp_jax.generation import make_reconstruct_fn
 
-    generate = make_generate_fn(config, num_samples=num_samples, bn_mode=bn_mode)
-    one = generate if num_samples == 1 else make_generate_fn(config, num_samples=1, bn_mode=bn_mode)
-    return {"generate": generate, "generate_one": one, "reconstruct": make_reconstruct_fn(config, bn_mode)}
+    generate = make_generate_fn(run.model, run.n_past, num_samples=num_samples, bn_mode=bn_mode)
+    one = generate if num_samples == 1 else make_generate_fn(run.model, run.n_past, num_samples=1, bn_mode=bn_mode)
+    return {"generate": generate, "generate_one": one, "reconstruct": make_reconstruct_fn(run.model, run.n_past, bn_mode)}
 
 
 def _nanmean(x, axis=None):
@@ -262,19 +258,18 @@ class Validator:
     ``keep``: predictions of that many sequences are kept in ``scores`` (for GIFs).
     """
 
-    def __init__(self, config, source, key, *, cond_stats=None, mesh=None):
-        self.config, self.source, self.key, self.cond_stats, self.mesh = config, source, key, cond_stats, mesh
-        self.fns = make_eval_fns(config, num_samples=1, bn_mode=config.eval.bn_mode)
+    def __init__(self, run, source, key, *, cond_stats=None, mesh=None):
+        self.run, self.source, self.key, self.cond_stats, self.mesh = run, source, key, cond_stats, mesh
+        self.fns = make_eval_fns(run, num_samples=1, bn_mode=run.eval.bn_mode)
 
     def __call__(self, state, keep: int = 0) -> tuple[dict, dict]:
-        config, source = self.config, self.source
-        n = len(source) if not config.eval.num_val_batches else min(
-            len(source), config.eval.num_val_batches * config.eval.batch_size)
-        threshold = moving_threshold(config)
+        run, source, e = self.run, self.source, self.run.eval
+        n = len(source) if not e.num_val_batches else min(len(source), e.num_val_batches * e.batch_size)
+        threshold = e.moving_threshold
         scores = predict_and_score(
-            config, state.params, state.batch_stats, source, key=self.key, batch_size=config.eval.batch_size,
-            max_batches=config.eval.num_val_batches,
-            shuffled_permutation=derangement(n, config.seed) if config.model.cond_dim and n > 1 else None,
+            run, state.params, state.batch_stats, source, key=self.key, batch_size=e.batch_size,
+            max_batches=e.num_val_batches,
+            shuffled_permutation=derangement(n, run.seed) if run.model.cond_dim and n > 1 else None,
             posterior=True, keep_predictions=keep > 0, fns=self.fns, cond_stats=self.cond_stats, mesh=self.mesh,
             moving_threshold=threshold,
         )
@@ -363,7 +358,7 @@ def evaluate_workdir(
     ``lpips``, ``fvd*`` (None: not given) change the ``custom`` protocol only. ``action_fidelity``:
     add :mod:`vp_jax.action_fidelity`'s scores (an inverse model trained on the training split)."""
     from vp_jax import visualize
-    from vp_jax.config import load_workdir_config, model_config
+    from vp_jax.config import load_workdir_config, run_config
     from vp_jax.data.pipeline import condition_stats, open_split
     from vp_jax.errors import VPError
     from vp_jax.training.checkpoints import CheckpointStore
@@ -377,44 +372,43 @@ def evaluate_workdir(
 
     proto = protocols.resolve(protocol, config, n_future=n_future, num_samples=num_samples, lpips=lpips, fvd=fvd,
                               fvd_context=fvd_context, fvd_repeats=fvd_repeats)
-    config = protocols.apply(proto, config)
+    run = run_config(protocols.apply(proto, config))
     num_samples = proto.num_samples
-    bn_mode = bn_mode or config.eval.bn_mode
-    batch_size = batch_size or default_batch_size(config.eval.batch_size, num_samples, jax.device_count())
+    bn_mode = bn_mode or run.eval.bn_mode
+    batch_size = batch_size or default_batch_size(run.eval.batch_size, num_samples, jax.device_count())
     if batch_size < 1:
         raise VPError(f"--batch_size {batch_size}: expected an integer >= 1")
     if num_sequences is not None and num_sequences < 1:
         raise VPError(f"--num_sequences {num_sequences}: expected an integer >= 1")
-    model_cfg = model_config(config)
 
-    abstract = jax.eval_shape(lambda k: create_train_state(config, k), jax.random.key(0))
-    with CheckpointStore(workdir, keep=config.checkpoint.keep, read_only=True) as store:
-        state, meta = store.restore(checkpoint, abstract, model_cfg)
-    source = open_split(config.data, split)
-    if source.num_frames < config.n_eval:
-        raise VPError(f"--protocol {proto.name}: needs {config.n_eval} frames a sequence ({proto.n_past} context + "
+    abstract = jax.eval_shape(lambda k: create_train_state(run, k), jax.random.key(0))
+    with CheckpointStore(workdir, keep=run.checkpoint_keep, read_only=True) as store:
+        state, meta = store.restore(checkpoint, abstract, run.model)
+    source = open_split(run.data, split)
+    if source.num_frames < run.n_eval:
+        raise VPError(f"--protocol {proto.name}: needs {run.n_eval} frames a sequence ({proto.n_past} context + "
                       f"{proto.n_future} predicted); {source.name} has {source.num_frames}")
     if num_sequences is not None and num_sequences < len(source):
         source = dataclasses.replace(source, frames=source.frames[:num_sequences], cond=source.cond[:num_sequences])
-    key = evaluation_key(config)
+    key = evaluation_key(run.seed)
     extra_scorers = []
     if proto.lpips:
         from vp_jax.perceptual import LPIPSScorer
 
-        extra_scorers.append(LPIPSScorer(proto.lpips, config.n_past))
+        extra_scorers.append(LPIPSScorer(proto.lpips, run.n_past))
     if proto.fvd:
         from vp_jax.fvd import FVDScorer
 
-        extra_scorers.append(FVDScorer(config.n_past, config.n_eval, include_context=proto.fvd_context,
+        extra_scorers.append(FVDScorer(run.n_past, run.n_eval, include_context=proto.fvd_context,
                                        repeats=proto.fvd_repeats, num_sequences=len(source),
                                        batch_size=fvd_batch_size, progress=True))
 
-    cond_stats = condition_stats(open_split(config.data, "train")) if config.data.normalize_condition else None
-    threshold = moving_threshold(config)
+    cond_stats = condition_stats(open_split(run.data, "train")) if run.data.normalize_condition else None
+    threshold = run.eval.moving_threshold
     scores = predict_and_score(
-        config, state.params, state.batch_stats, source, key=key, num_samples=num_samples, bn_mode=bn_mode,
+        run, state.params, state.batch_stats, source, key=key, num_samples=num_samples, bn_mode=bn_mode,
         batch_size=batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
-        shuffled_permutation=derangement(len(source), config.seed) if model_cfg.cond_dim > 0 and len(source) > 1 else None,
+        shuffled_permutation=derangement(len(source), run.seed) if run.model.cond_dim > 0 and len(source) > 1 else None,
         posterior=True, moving_threshold=threshold, extra_scorers=tuple(extra_scorers),
     )
     summary = summarize(scores, threshold)
@@ -429,18 +423,18 @@ def evaluate_workdir(
     if action_fidelity:  # vp_jax/action_fidelity.py: actions read back from the predictions
         from vp_jax import action_fidelity as fidelity
 
-        summary["action_fidelity"] = fidelity.evaluate(config, source, scores)
+        summary["action_fidelity"] = fidelity.evaluate(run, source, scores)
     summary.update(
         checkpoint_step=int(state.step),
         checkpoint=str(checkpoint),
         split=split,
         bn_mode=bn_mode,
-        n_past=int(config.n_past),
-        n_eval=int(config.n_eval),
-        predicted_frames=list(range(config.n_past, config.n_eval)),
+        n_past=run.n_past,
+        n_eval=run.n_eval,
+        predicted_frames=list(range(run.n_past, run.n_eval)),
     )
     summary["protocol"] = protocols.card(
-        proto, split=split, num_sequences=summary["num_sequences"], bn_mode=bn_mode, seed=config.seed,
+        proto, split=split, num_sequences=summary["num_sequences"], bn_mode=bn_mode, seed=run.seed,
         checkpoint={"workdir": os.path.abspath(workdir), "name": str(checkpoint), "step": int(state.step)},
         fvd_batch_size=fvd_batch_size if proto.fvd else None, batch_size=batch_size,
     )
@@ -455,18 +449,18 @@ def evaluate_workdir(
         pred=scores["pred"], target=scores["target"], context=scores["context"],
     )
     visualize.plot_per_frame(summary, os.path.join(out_dir, "per_frame.png"))
-    shown = max(1, min(config.eval.num_gifs, len(scores["pred"])))
+    shown = max(1, min(run.eval.num_gifs, len(scores["pred"])))
     visualize.write_strip(scores["pred"][:shown], np.concatenate([scores["context"], scores["target"]], axis=1)[:shown],
-                          config.n_past, os.path.join(out_dir, "strip.png"))
-    for j in range(min(config.eval.num_gifs, len(scores["pred"]))):
+                          run.n_past, os.path.join(out_dir, "strip.png"))
+    for j in range(min(run.eval.num_gifs, len(scores["pred"]))):
         visualize.write_gif(
             np.concatenate([scores["context"][j], scores["pred"][j]]),
             np.concatenate([scores["context"][j], scores["target"][j]]),
-            config.n_past,
+            run.n_past,
             os.path.join(out_dir, "gifs", f"sequence_{j:03d}.gif"),
         )
     print(f"{split} split, {summary['num_sequences']} sequences, checkpoint step {summary['checkpoint_step']} "
-          f"({checkpoint}), frames {config.n_past}..{config.n_eval - 1} predicted from {config.n_past}, "
+          f"({checkpoint}), frames {run.n_past}..{run.n_eval - 1} predicted from {run.n_past}, "
           f"BatchNorm {bn_mode}")
     print(_table(summary))
     for line in protocols.extra_lines(summary):

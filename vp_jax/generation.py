@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from vp_jax.config import BN_MODES, model_config
+from vp_jax.config import BN_MODES, ModelConfig
 from vp_jax.errors import ConfigError
 from vp_jax.losses import kl_terms
 from vp_jax.models.cvae import check_n_past
@@ -24,13 +23,15 @@ from vp_jax.models.rollout import generate as generate_frames
 from vp_jax.models.rollout import rollout
 
 
-def evaluation_key(config: ml_collections.ConfigDict) -> jax.Array:
-    """The key eval.py draws its samples from (generation call i uses ``fold_in(key, i)``)."""
-    return jax.random.fold_in(jax.random.key(int(config.seed)), 7919)
+def evaluation_key(seed: int) -> jax.Array:
+    """The key eval.py draws its samples from for a run of ``config.seed`` = ``seed`` (generation
+    call i uses ``fold_in(key, i)``)."""
+    return jax.random.fold_in(jax.random.key(seed), 7919)
 
 
-def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn_mode: str = "inference"):
-    """Jitted ``generate(params, batch_stats, frames, cond, key) -> pred``.
+def make_generate_fn(model_cfg: ModelConfig, n_past: int, num_samples: int = 1, bn_mode: str = "inference"):
+    """Jitted ``generate(params, batch_stats, frames, cond, key) -> pred`` of the model
+    ``model_cfg`` from ``n_past`` context frames.
 
     Args of ``generate``:
       frames: ``[B, T, 64, 64, C]`` uint8 or float in [0, 1]; only the first ``n_past`` frames
@@ -46,19 +47,17 @@ def make_generate_fn(config: ml_collections.ConfigDict, num_samples: int = 1, bn
         raise ConfigError(f"bn_mode = {bn_mode!r}: expected one of {BN_MODES}")
     if num_samples < 1:
         raise ConfigError(f"num_samples = {num_samples!r}: expected an integer >= 1")
-    cfg = model_config(config)
-    n_past = int(config.n_past)
-    check_n_past(cfg, n_past)
+    check_n_past(model_cfg, n_past)
     train = bn_mode == "batch_stats"  # batch statistics: BatchNorm in training mode, updates dropped
 
     def generate(params, batch_stats, frames, cond, key):
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
-        return generate_frames(params, batch_stats, frames, cond, keys, model_cfg=cfg, n_past=n_past, train=train)
+        return generate_frames(params, batch_stats, frames, cond, keys, model_cfg=model_cfg, n_past=n_past, train=train)
 
     return jax.jit(generate)
 
 
-def make_reconstruct_fn(config: ml_collections.ConfigDict, bn_mode: str = "inference"):
+def make_reconstruct_fn(model_cfg: ModelConfig, n_past: int, bn_mode: str = "inference"):
     """Jitted ``reconstruct(params, batch_stats, frames, cond, key) -> (x_hat, kl)``: the
     posterior pass, teacher forced (the training rollout with every encoder input the ground
     truth and z_t drawn from q(z_t | x_{<=t})), without updating anything.
@@ -72,14 +71,13 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, bn_mode: str = "infer
     """
     if bn_mode not in BN_MODES:
         raise ConfigError(f"bn_mode = {bn_mode!r}: expected one of {BN_MODES}")
-    cfg = model_config(config)
-    n_past = int(config.n_past)
-    check_n_past(cfg, n_past)
+    check_n_past(model_cfg, n_past)
 
     def reconstruct(params, batch_stats, frames, cond, key):
-        outputs, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past, train=bn_mode == "batch_stats")
+        outputs, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=model_cfg, n_past=n_past,
+                             train=bn_mode == "batch_stats")
         x_hat = jnp.swapaxes(outputs["x_hat"][n_past - 1 :], 0, 1)
-        kl = jnp.swapaxes(kl_terms(cfg, outputs["q"], outputs["p"])["kl_per_sample"][n_past - 1 :], 0, 1)
+        kl = jnp.swapaxes(kl_terms(model_cfg, outputs["q"], outputs["p"])["kl_per_sample"][n_past - 1 :], 0, 1)
         return x_hat, kl
 
     return jax.jit(reconstruct)

@@ -28,7 +28,8 @@ from vp_jax.generation import evaluation_key, make_generate_fn
 class Predictor:
     """Generate futures with a trained model.
 
-    Build it with :meth:`from_workdir` (or directly from a config and restored variables). The
+    Build it with :meth:`from_workdir` (or directly from a config -- an ``ml_collections.ConfigDict``
+    or its :class:`~vp_jax.config.RunConfig`, kept as ``run`` -- and restored variables). The
     attributes say what :meth:`predict` expects: ``n_past`` context frames of
     ``image_shape`` (64, 64, 3) and conditions of ``cond_dim`` numbers a frame, raw, as the data
     set stores them (``[action (4), end-effector position (3)]``); ``cond_stats`` (the training
@@ -38,24 +39,24 @@ class Predictor:
 
     def __init__(self, config, params, batch_stats, *, cond_stats: dict | None = None, bn_mode: str | None = None,
                  batch_size: int | None = None, step: int | None = None):
-        from vp_jax.config import BN_MODES, model_config
+        from vp_jax.config import BN_MODES, run_config
 
-        self.config = config
-        self.model_cfg = model_config(config)
-        self.n_past = int(config.n_past)
+        self.run = run = run_config(config)
+        self.model_cfg = run.model
+        self.n_past = run.n_past
         self.cond_dim = int(self.model_cfg.cond_dim)
         self.image_shape = (int(self.model_cfg.image_size), int(self.model_cfg.image_size), int(self.model_cfg.channels))
-        self.bn_mode = bn_mode or config.eval.bn_mode
+        self.bn_mode = bn_mode or run.eval.bn_mode
         if self.bn_mode not in BN_MODES:
             raise ConfigError(f"bn_mode = {self.bn_mode!r}: expected one of {BN_MODES}")
-        self.batch_size = int(batch_size or config.eval.batch_size)
+        self.batch_size = int(batch_size or run.eval.batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size = {self.batch_size}: expected an integer >= 1")
         self.step = step
-        if bool(config.data.normalize_condition) and self.cond_dim and cond_stats is None:
+        if bool(run.data.normalize_condition) and self.cond_dim and cond_stats is None:
             raise ConfigError("config.data.normalize_condition is set: cond_stats (the training split's mean and std) "
                               "are needed")
-        self.cond_stats = None if cond_stats is None or not config.data.normalize_condition else {
+        self.cond_stats = None if cond_stats is None or not run.data.normalize_condition else {
             k: np.asarray(cond_stats[k], np.float32) for k in ("mean", "std")}
         device = jax.devices()[0]
         self.params, self.batch_stats = jax.device_put((params, batch_stats), device)
@@ -73,25 +74,25 @@ class Predictor:
         given. Errors (no workdir, no or damaged checkpoint, missing data) are one-line
         :class:`vp_jax.errors.VPError`.
         """
-        from vp_jax.config import load_workdir_config, model_config
+        from vp_jax.config import load_workdir_config, run_config
         from vp_jax.training.checkpoints import CheckpointStore
         from vp_jax.training.state import create_train_state
 
-        config = load_workdir_config(workdir, data_root)
-        abstract = jax.eval_shape(lambda k: create_train_state(config, k), jax.random.key(0))
+        run = run_config(load_workdir_config(workdir, data_root))
+        abstract = jax.eval_shape(lambda k: create_train_state(run, k), jax.random.key(0))
         absl_log = logging.getLogger("absl")
         level = absl_log.level
         absl_log.setLevel(max(level, logging.ERROR))  # orbax's notes on opening a store read-only
         try:
-            with CheckpointStore(workdir, keep=config.checkpoint.keep, read_only=True) as store:
-                state, _ = store.restore(checkpoint, abstract, model_config(config))
+            with CheckpointStore(workdir, keep=run.checkpoint_keep, read_only=True) as store:
+                state, _ = store.restore(checkpoint, abstract, run.model)
         finally:
             absl_log.setLevel(level)
-        if config.data.normalize_condition and model_config(config).cond_dim and cond_stats is None:
+        if run.data.normalize_condition and run.model.cond_dim and cond_stats is None:
             from vp_jax.data.pipeline import condition_stats, open_split
 
-            cond_stats = condition_stats(open_split(config.data, "train"))
-        predictor = cls(config, state.params, state.batch_stats, cond_stats=cond_stats, bn_mode=bn_mode,
+            cond_stats = condition_stats(open_split(run.data, "train"))
+        predictor = cls(run, state.params, state.batch_stats, cond_stats=cond_stats, bn_mode=bn_mode,
                         batch_size=batch_size, step=int(state.step))
         predictor.workdir = os.path.abspath(workdir)
         return predictor
@@ -170,7 +171,7 @@ class Predictor:
 
     def _functions(self, num_samples: int):
         if num_samples not in self._fns:
-            generate = make_generate_fn(self.config, num_samples=num_samples, bn_mode=self.bn_mode)
+            generate = make_generate_fn(self.model_cfg, self.n_past, num_samples=num_samples, bn_mode=self.bn_mode)
 
             @jax.jit
             def to_uint8(pred):  # [S, B, T, ...] float -> [B, S, T, ...] uint8, rounded as evaluation rounds
@@ -202,7 +203,7 @@ class Predictor:
         num = context.shape[0]
         cond, horizon = self.check_conditions(conditions, num, horizon)
         if key is None:
-            key = evaluation_key(self.config)
+            key = evaluation_key(self.run.seed)
         elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = jax.random.key(int(key))
         generate, to_uint8 = self._functions(int(num_samples))

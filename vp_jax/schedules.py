@@ -1,8 +1,9 @@
 """Schedules as optax-style functions of the integer iteration ``step`` (usable under ``jit``).
 
-Each ``*_schedule(config)`` returns ``fn(step) -> float32 scalar``; ``step`` may be a Python int
-or a traced int32, so the train step compiles once however the values change.  Epoch-based
-schedules use ``epoch = step // config.train.epoch_size`` (the lab updates beta and tfr once per
+Each ``*_schedule(train)`` takes the run's :class:`~vp_jax.config.TrainConfig` (``config.train``)
+and returns ``fn(step) -> float32 scalar``; ``step`` may be a Python int or a traced int32, so the
+train step compiles once however the values change.  Epoch-based schedules use
+``epoch = step // train.epoch_size`` (the lab updates beta and tfr once per
 epoch, docs/model.md).
 """
 
@@ -11,27 +12,25 @@ from __future__ import annotations
 from typing import Callable
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
+from vp_jax.config import TrainConfig
 from vp_jax.errors import ConfigError
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> Schedule:
+def learning_rate_schedule(t: TrainConfig) -> Schedule:
     """``train.lr_schedule``: 'constant' lr; 'cosine' decay to 0 over ``niter * epoch_size``;
     'warmup_cosine' linear 0 -> lr over ``train.warmup_steps`` then cosine to 0 at the end."""
-    t = config.train
-    total = int(t.niter) * int(t.epoch_size)
+    total = t.niter * t.epoch_size
     if t.lr_schedule == "constant":
-        return optax.constant_schedule(float(t.lr))
+        return optax.constant_schedule(t.lr)
     if t.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(float(t.lr), decay_steps=total)
+        return optax.cosine_decay_schedule(t.lr, decay_steps=total)
     if t.lr_schedule == "warmup_cosine":
-        warmup = int(t.get("warmup_steps", 0))
-        return optax.warmup_cosine_decay_schedule(0.0, float(t.lr), warmup_steps=warmup, decay_steps=total)
+        return optax.warmup_cosine_decay_schedule(0.0, t.lr, warmup_steps=t.warmup_steps, decay_steps=total)
     raise ConfigError(f"config.train.lr_schedule = {t.lr_schedule!r}: expected constant, cosine or warmup_cosine")
 
 
@@ -59,39 +58,35 @@ def frange_cycle_linear(n_iter: int, n_cycle: int, ratio: float, stop: float = 1
     return fn
 
 
-def kl_beta_schedule(config: ml_collections.ConfigDict) -> Schedule:
+def kl_beta_schedule(t: TrainConfig) -> Schedule:
     """KL weight beta(step) from ``train.kl``: 'constant' = beta_max; 'monotonic' = one cycle of
     :func:`frange_cycle_linear`; 'cyclical' = ``cycles`` cycles.  ``per`` 'epoch': the table has
     ``niter`` entries indexed by ``step // epoch_size`` (the lab); 'step': ``niter * epoch_size``
     entries indexed by the step."""
-    t = config.train
     kl = t.kl
     if kl.schedule == "constant":
-        return optax.constant_schedule(float(kl.beta_max))
+        return optax.constant_schedule(kl.beta_max)
     if kl.schedule not in ("monotonic", "cyclical"):
         raise ConfigError(f"config.train.kl.schedule = {kl.schedule!r}: expected cyclical, monotonic or constant")
-    n_cycle = 1 if kl.schedule == "monotonic" else int(kl.cycles)
-    epoch_size = int(t.epoch_size)
+    n_cycle = 1 if kl.schedule == "monotonic" else kl.cycles
     if kl.per == "epoch":
-        table = frange_cycle_linear(int(t.niter), n_cycle, float(kl.ratio), float(kl.beta_max))
-        return lambda step: table(jnp.asarray(step) // epoch_size)
+        table = frange_cycle_linear(t.niter, n_cycle, kl.ratio, kl.beta_max)
+        return lambda step: table(jnp.asarray(step) // t.epoch_size)
     if kl.per == "step":
-        return frange_cycle_linear(int(t.niter) * epoch_size, n_cycle, float(kl.ratio), float(kl.beta_max))
+        return frange_cycle_linear(t.niter * t.epoch_size, n_cycle, kl.ratio, kl.beta_max)
     raise ConfigError(f"config.train.kl.per = {kl.per!r}: expected 'epoch' or 'step'")
 
 
-def teacher_forcing_schedule(config: ml_collections.ConfigDict) -> Schedule:
+def teacher_forcing_schedule(t: TrainConfig) -> Schedule:
     """Teacher-forcing ratio of the lab: ``start`` during epoch 0; at the end of every epoch
     e >= ``start_decay_epoch`` it becomes ``max(tfr - decay_step, lower_bound)``.
 
     In closed form, during epoch E with ``k = max(0, E - start_decay_epoch)`` decays done:
     ``start`` if k == 0 else ``max(start - k * decay_step, lower_bound)``.
     """
-    t = config.train
     tfr = t.tfr
-    epoch_size = int(t.epoch_size)
-    start, step_down, floor = float(tfr.start), float(tfr.decay_step), float(tfr.lower_bound)
-    first = int(tfr.start_decay_epoch)
+    epoch_size = t.epoch_size
+    start, step_down, floor, first = tfr.start, tfr.decay_step, tfr.lower_bound, tfr.start_decay_epoch
 
     def fn(step):
         epoch = jnp.asarray(step, jnp.int32) // epoch_size

@@ -14,7 +14,7 @@ import sys
 
 import jax
 
-from vp_jax.config import ModelConfig, cli_flags_parser, model_config, validate
+from vp_jax.config import ModelConfig, cli_flags_parser, run_config
 from vp_jax.errors import ConfigError, cli_main
 from vp_jax.models.cvae import abstract_variables
 
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"unexpected argument {rest[1]!r} (options are --config FILE, --config.FIELD=VALUE)")
     if fv["config"].value is None:
         raise ConfigError("--config: expected a configs/*.py file")
-    config = validate(fv["config"].value)
+    run = run_config(fv["config"].value)
     print(f"config: {fv['config'].config_filename}")
-    print(format_table(model_config(config)))
+    print(format_table(run.model))
 
 
 if __name__ == "__main__":

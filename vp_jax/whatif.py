@@ -173,14 +173,14 @@ def as_stored(values) -> np.ndarray:
     return np.array([float(f"{v:.6f}") for v in values.ravel()], np.float64).reshape(values.shape).astype(np.float32)
 
 
-def pushbot_episode(config, split: str, index: int, frames, cond):
+def pushbot_episode(run, split: str, index: int, frames, cond):
     """The pushbot episode of sequence ``index`` simulated again from the data set's seed, or
     ``(None, reason)`` when the stored sequence is not that episode."""
     from vp_jax.data import pushbot
 
-    if config.data.source != "pushbot":
-        return None, f"data.source is {config.data.source!r}, not 'pushbot'"
-    seed = int(config.data.pushbot["seed"])
+    if run.data.source != "pushbot":
+        return None, f"data.source is {run.data.source!r}, not 'pushbot'"
+    seed = int(run.data.pushbot["seed"])
     ep = pushbot.simulate(pushbot.sequence_rng(seed, split, index), len(cond))
     if not np.array_equal(as_stored(np.concatenate([ep.actions, ep.positions], axis=1)), np.asarray(cond)):
         return None, f"the stored sequence is not the generator's sequence {index} of seed {seed}"
@@ -232,11 +232,11 @@ def run(workdir: str, sequence: int, edits: list[Edit], *, split: str = "test", 
 
     if predictor is None:
         predictor = Predictor.from_workdir(workdir, checkpoint, data_root=data_root)
-    config, n_past = predictor.config, predictor.n_past
-    n_future = int(config.n_eval - n_past if n_future is None else n_future)
+    run, n_past = predictor.run, predictor.n_past
+    n_future = int(run.n_eval - n_past if n_future is None else n_future)
     if n_future < 1:
         raise ConfigError(f"--n_future {n_future}: expected at least 1 frame to predict")
-    source = open_split(config.data, split)
+    source = open_split(run.data, split)
     count = len(source)
     num_frames = n_past + n_future
     if not 0 <= sequence < count:
@@ -251,7 +251,7 @@ def run(workdir: str, sequence: int, edits: list[Edit], *, split: str = "test", 
 
     frames = np.asarray(source.frames[sequence])
     cond = np.asarray(source.cond[sequence], np.float32)  # [S, 7] raw, as stored
-    episode, no_episode = pushbot_episode(config, split, sequence, frames, cond)
+    episode, no_episode = pushbot_episode(run, split, sequence, frames, cond)
     gain = None if episode is not None else position_gain(source.cond[:])
     base_actions = episode.actions if episode is not None else cond[:, :4].astype(np.float64)
     truth = frames[:num_frames]

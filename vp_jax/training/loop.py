@@ -21,13 +21,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from vp_jax import parallel, visualize
-from vp_jax.config import model_config, save_config_json
+from vp_jax.config import RunConfig, run_config, save_config_json
 from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
 from vp_jax.evaluation import Validator
 from vp_jax.training.checkpoints import CheckpointStore
@@ -49,20 +48,22 @@ LOG_EVERY = 10  # steps between reads of the metrics by the host
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir`` (resuming what is there); return the last epoch's row.
+    """Train ``config`` (an ``ml_collections.ConfigDict`` or its :class:`~vp_jax.config.RunConfig`)
+    in ``workdir`` (resuming what is there); return the last epoch's row.
 
     A run that fails (bad input, non-finite losses) or is interrupted before its first checkpoint
     in a new or empty ``workdir`` leaves no workdir behind.
     """
-    with open_workdir(config, workdir):
-        return _train(config, workdir)
+    run = run_config(config)  # checked and typed once; passed down from here
+    with open_workdir(run, workdir):
+        return _train(run, workdir)
 
 
 @dataclasses.dataclass
 class _Run:
     """What stays fixed while a run trains."""
 
-    config: ml_collections.ConfigDict
+    config: RunConfig
     workdir: str
     store: CheckpointStore
     batches: BatchIterator
@@ -72,26 +73,22 @@ class _Run:
     train_step: object
     validator: Validator | None
 
-    @property
-    def model_cfg(self):
-        return model_config(self.config)
 
-
-def _train(config, workdir: str) -> dict:
-    mesh = parallel.auto_mesh(config)
+def _train(config: RunConfig, workdir: str) -> dict:
+    mesh = parallel.auto_mesh(config.config)
     # Process 0 first: it generates or packs the data if missing; the others then open it.
     train_src, val_src = parallel.main_process_first(
         lambda: (open_split(config.data, "train"), open_split(config.data, "validate")))
     cond_stats = condition_stats(train_src) if config.data.normalize_condition else None
     # Each process reads only its rows of every global batch (all of them on a single process).
-    batches = BatchIterator(train_src, batch_size=config.train.batch_size, seq_len=config.n_past + config.n_future,
+    batches = BatchIterator(train_src, batch_size=config.train.batch_size, seq_len=config.num_frames,
                             seed=config.seed, random_offset=config.data.random_offset, cond_stats=cond_stats,
                             rows=parallel.process_batch_slice(config.train.batch_size))
     base_key = jax.random.key(config.seed)
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
     # Closed however the run ends (a refused resume, a non-finite stop, Ctrl-C, an error).
-    with CheckpointStore(workdir, keep=config.checkpoint.keep) as store:
+    with CheckpointStore(workdir, keep=config.checkpoint_keep) as store:
         main = parallel.is_main_process()
         state, start_epoch, start_iter, sums, history = _resume(config, workdir, store, state, batches, main)
         validator = Validator(config, val_src, val_key, cond_stats=cond_stats, mesh=mesh)
@@ -121,7 +118,7 @@ def _epochs(run: _Run, stop, state, start_epoch: int, start_iter: int, sums, his
         # loses nothing. No checkpoint while updates are being skipped (non-finite losses): the
         # latest checkpoint stays the last good one, and a resumed run redoes this epoch.
         if not bad:
-            meta = checkpoint_meta(run.model_cfg, epoch + 1, 0, run.batches, None, config, row["val_psnr"], row=row)
+            meta = checkpoint_meta(config, epoch + 1, 0, run.batches, None, row["val_psnr"], row=row)
             store.save(int(state.step), state, meta, val_psnr=row["val_psnr"])
         if run.main:
             write_csv(history, os.path.join(run.workdir, "metrics.csv"))
@@ -139,7 +136,7 @@ def _resume(config, workdir, store, state, batches, main):
     metrics.csv rows before it, the run's config.json and output folders:
     ``(state, epoch, iteration, epoch sums, history)``."""
     start_epoch, start_iter, sums, last_row = 0, 0, None, None
-    restored = store.restore_for_resume(state, model_config(config), warn=lambda msg: tqdm.write(msg, file=sys.stderr))
+    restored = store.restore_for_resume(state, config.model, warn=lambda msg: tqdm.write(msg, file=sys.stderr))
     if restored is not None:
         state, meta = restored
         batches.set_state(meta["iterator"])
@@ -153,7 +150,7 @@ def _resume(config, workdir, store, state, batches, main):
         history = pd.concat([history, pd.DataFrame([last_row])[METRIC_COLUMNS]], ignore_index=True)
         write_csv(history, metrics_path)
     if main:
-        save_config_json(config, os.path.join(workdir, "config.json"))
+        save_config_json(config.config, os.path.join(workdir, "config.json"))
     for name in ("plots", "gifs") if main else ():
         os.makedirs(os.path.join(workdir, name), exist_ok=True)
     return state, start_epoch, start_iter, sums, history
@@ -220,7 +217,7 @@ def _train_epoch(run: _Run, stop, state, sums, epoch: int, start: int):
                 tqdm.write(f"interrupted: not saved (the last {bad} steps were non-finite); "
                            f"run the same command to resume from step {store.latest_step()}")
             else:
-                meta = checkpoint_meta(run.model_cfg, epoch, it + 1, run.batches, _host_sums(acc), config)
+                meta = checkpoint_meta(config, epoch, it + 1, run.batches, _host_sums(acc))
                 store.save(int(state.step), state, meta)
                 tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
             raise KeyboardInterrupt

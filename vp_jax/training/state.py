@@ -12,11 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import struct
 
-from vp_jax.config import model_config
+from vp_jax.config import RunConfig, TrainConfig
 from vp_jax.models.cvae import init_variables
 from vp_jax.schedules import learning_rate_schedule
 
@@ -39,17 +38,17 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """``apply_if_finite(adam(lr_schedule, beta1, beta2), max_nonfinite)``."""
-    t = config.train
-    adam = optax.adam(learning_rate_schedule(config), b1=float(t.beta1), b2=float(t.beta2))
-    return optax.apply_if_finite(adam, int(t.max_nonfinite))
+    adam = optax.adam(learning_rate_schedule(train), b1=train.beta1, b2=train.beta2)
+    return optax.apply_if_finite(adam, train.max_nonfinite)
 
 
-def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
-    """A freshly initialised :class:`TrainState` (parameters drawn from ``key``, step 0)."""
-    variables = init_variables(model_config(config), key)
-    tx = make_optimizer(config)
+def create_train_state(run: RunConfig, key: jax.Array) -> TrainState:
+    """A freshly initialised :class:`TrainState` of ``run.model`` and ``run.train``'s optimiser
+    (parameters drawn from ``key``, step 0)."""
+    variables = init_variables(run.model, key)
+    tx = make_optimizer(run.train)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

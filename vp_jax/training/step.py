@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from vp_jax.config import TFR_MODES, ModelConfig, model_config
+from vp_jax.config import TFR_MODES, ModelConfig, RunConfig, TrainConfig
 from vp_jax.errors import ConfigError, DataError
 from vp_jax.losses import objective, step_terms
 from vp_jax.models.rollout import rollout
@@ -56,14 +55,14 @@ def rollout_loss(
     return loss, (metrics, new_batch_stats)
 
 
-def always_teacher_forced(config: ml_collections.ConfigDict) -> bool:
+def always_teacher_forced(train: TrainConfig) -> bool:
     """True when the teacher-forcing ratio is 1 at every step (the lab's default: start 1, no
     decay): every encoder input is then the ground truth and no mask needs to be drawn."""
-    tfr = config.train.tfr
-    return float(tfr.start) >= 1.0 and (float(tfr.decay_step) == 0.0 or float(tfr.lower_bound) >= 1.0)
+    tfr = train.tfr
+    return tfr.start >= 1.0 and (tfr.decay_step == 0.0 or tfr.lower_bound >= 1.0)
 
 
-def make_train_step(config: ml_collections.ConfigDict, unroll=None):
+def make_train_step(run: RunConfig, unroll=None):
     """Jitted ``step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
 
     ``key`` is the run's key: the step uses ``fold_in(key, state.step)``, so the loop passes the
@@ -98,19 +97,11 @@ def make_train_step(config: ml_collections.ConfigDict, unroll=None):
       micro-batch. The teacher-forcing mask is drawn for the whole batch. Without BatchNorm and
       free bits the result is that of the big batch, up to float summation order.
     """
-    cfg = model_config(config)
-    n_past = int(config.n_past)
-    num_frames = n_past + int(config.n_future)
-    mode = config.train.tfr.mode
-    lr_fn = learning_rate_schedule(config)
-    beta_fn = kl_beta_schedule(config)
-    tfr_fn = teacher_forcing_schedule(config)
-    teacher_forced_only = always_teacher_forced(config)
-    free_bits = float(config.train.kl.get("free_bits", 0.0))
-    remat = config.train.get("remat", False)
-    if not isinstance(remat, bool):
-        raise ConfigError(f"config.train.remat = {remat!r}: expected True or False")
-    accum = check_accumulation(int(config.train.batch_size), config.train.get("grad_accum", 1))
+    cfg, train, n_past, num_frames = run.model, run.train, run.n_past, run.num_frames
+    mode, free_bits, remat = train.tfr.mode, train.kl.free_bits, train.remat
+    lr_fn, beta_fn, tfr_fn = learning_rate_schedule(train), kl_beta_schedule(train), teacher_forcing_schedule(train)
+    teacher_forced_only = always_teacher_forced(train)
+    accum = check_accumulation(train.batch_size, train.grad_accum)
 
     def step(state: TrainState, batch: dict, key: jax.Array):
         frames = batch["frames"]

@@ -24,7 +24,7 @@ import pandas as pd
 import psutil
 from flax import traverse_util
 
-from vp_jax.config import ModelConfig, load_config_json, validate
+from vp_jax.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, load_config_json
 from vp_jax.errors import ConfigError, VPError
 from vp_jax.fileio import atomic_path, write_text
 from vp_jax.training.checkpoints import has_checkpoints
@@ -35,8 +35,6 @@ METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", *VA
 STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
 # Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
 RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.", "train.remat")
-# Training fields that configs gained later, with the value a workdir without them was trained with.
-ADDED_FIELDS = {"train.kl.free_bits": 0.0, "train.remat": False, "train.grad_accum": 1}
 
 
 class TrainingStopped(VPError):
@@ -57,9 +55,10 @@ def _flatten(d: dict) -> dict:
 def check_same_run(saved, config) -> None:
     """Refuse to resume a workdir with a config that would train something else."""
     old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
-    # Fields added after the workdir was written: it was trained with their defaults.
-    defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)}
-    defaults.update(ADDED_FIELDS)
+    # Fields that configs gained after the workdir was written: it was trained with their defaults
+    # (those the typed configs give a field that a config lacks).
+    defaults = _flatten({"model": dataclasses.asdict(ModelConfig()), "train": dataclasses.asdict(TrainConfig()),
+                         "eval": dataclasses.asdict(EvalConfig())})
     old.update({k: defaults[k] for k in new if k not in old and k in defaults})
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES):
@@ -118,26 +117,24 @@ def write_csv(frame: pd.DataFrame, path: str) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def prepare_workdir(config, workdir: str):
-    """Check that ``config`` may train in ``workdir``: one that holds checkpoints must be continued
+def prepare_workdir(run: RunConfig, workdir: str):
+    """Check that ``run`` may train in ``workdir``: one that holds checkpoints must be continued
     with the config it was trained with (``RESUMABLE_CHANGES`` aside). Writes nothing."""
-    validate(config)
     saved_path = os.path.join(workdir, "config.json")
     if os.path.exists(saved_path) and has_checkpoints(workdir):
-        check_same_run(load_config_json(saved_path), config)
+        check_same_run(load_config_json(saved_path), run.config)
 
 
 @contextlib.contextmanager
-def open_workdir(config, workdir: str):
-    """Create or reopen ``workdir`` for one writer (:class:`WorkdirLock`), check that ``config`` may
+def open_workdir(run: RunConfig, workdir: str):
+    """Create or reopen ``workdir`` for one writer (:class:`WorkdirLock`), check that ``run`` may
     train there (:func:`prepare_workdir`), and yield. A run that fails (bad input, non-finite
     losses) or is interrupted before its first checkpoint in a new or empty ``workdir`` leaves
     no workdir behind."""
-    validate(config)
     from vp_jax import parallel
 
     if not parallel.is_main_process():  # a multi-process run: process 0 creates, locks and cleans up
-        prepare_workdir(config, workdir)
+        prepare_workdir(run, workdir)
         parallel.sync_processes("workdir open")
         yield
         return
@@ -154,7 +151,7 @@ def open_workdir(config, workdir: str):
         raise VPError(f"--workdir {workdir}: cannot create it ({err.strerror})") from None
     with WorkdirLock(workdir):
         try:
-            prepare_workdir(config, workdir)
+            prepare_workdir(run, workdir)
             parallel.sync_processes("workdir open")
             yield
         except (VPError, KeyboardInterrupt):
@@ -167,7 +164,7 @@ def open_workdir(config, workdir: str):
             raise
 
 
-def checkpoint_meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr=float("nan"), row=None) -> dict:
+def checkpoint_meta(run, epoch, iteration, batches, sums, val_psnr=float("nan"), row=None) -> dict:
     """What a checkpoint stores beside the state: where the run is (epoch, iteration, the data
     iterator, the epoch's running sums), the model config, and the epoch's metrics row."""
     return {
@@ -175,9 +172,9 @@ def checkpoint_meta(model_cfg, epoch, iteration, batches, sums, config, val_psnr
         "iteration": int(iteration),
         "iterator": batches.get_state(),
         "epoch_sums": sums,
-        "seed": int(config.seed),
+        "seed": run.seed,
         "val_psnr": None if val_psnr != val_psnr else float(val_psnr),
         # This epoch's metrics.csv row (NaN as null), restored if the CSV missed it.
         "row": None if row is None else {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()},
-        "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(model_cfg).items()},
+        "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(run.model).items()},
     }
