@@ -13,10 +13,10 @@ are kept on the device.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import signal
-import sys
 import time
 
 import jax
@@ -45,11 +45,15 @@ from vp_jax.training.workdir import (
 )
 
 LOG_EVERY = 10  # steps between reads of the metrics by the host
+log = logging.getLogger(__name__)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Train ``config`` (an ``ml_collections.ConfigDict`` or its :class:`~vp_jax.config.RunConfig`)
     in ``workdir`` (resuming what is there); return the last epoch's row.
+
+    Progress lines (one per epoch, resuming, interruptions) and warnings go to the ``vp_jax``
+    logger; train.py shows them (:func:`vp_jax.cli.show_messages`), a program can do the same.
 
     A run that fails (bad input, non-finite losses) or is interrupted before its first checkpoint
     in a new or empty ``workdir`` leaves no workdir behind.
@@ -95,8 +99,8 @@ def _train(config: RunConfig, workdir: str) -> dict:
         run = _Run(config, workdir, store, batches, mesh, main, base_key, make_train_step(config), validator)
         state = parallel.put_replicated(state, mesh)
         if mesh is not None:
-            tqdm.write(f"data parallel over {parallel.num_shards(mesh)} devices "
-                       f"({config.train.batch_size // parallel.num_shards(mesh)} sequences each)")
+            log.info("data parallel over %d devices (%d sequences each)", parallel.num_shards(mesh),
+                     config.train.batch_size // parallel.num_shards(mesh))
         with _StopFlag() as stop:  # Ctrl-C from here on stops at the next safe point
             return _epochs(run, stop, state, start_epoch, start_iter, sums, history)
 
@@ -123,10 +127,10 @@ def _epochs(run: _Run, stop, state, start_epoch: int, start_iter: int, sums, his
         if run.main:
             write_csv(history, os.path.join(run.workdir, "metrics.csv"))
             visualize.plot_training_curves(os.path.join(run.workdir, "metrics.csv"), os.path.join(run.workdir, "plots"))
-        tqdm.write(_epoch_line(epoch, row))
+        log.info(_epoch_line(epoch, row))
         start_iter, sums = 0, None
         if stop.requested and not last:
-            tqdm.write(f"interrupted: saved step {store.latest_step()} in {store.root}; run the same command to resume")
+            log.info("interrupted: saved step %s in %s; run the same command to resume", store.latest_step(), store.root)
             raise KeyboardInterrupt
     return row
 
@@ -136,12 +140,12 @@ def _resume(config, workdir, store, state, batches, main):
     metrics.csv rows before it, the run's config.json and output folders:
     ``(state, epoch, iteration, epoch sums, history)``."""
     start_epoch, start_iter, sums, last_row = 0, 0, None, None
-    restored = store.restore_for_resume(state, config.model, warn=lambda msg: tqdm.write(msg, file=sys.stderr))
+    restored = store.restore_for_resume(state, config.model, warn=log.warning)
     if restored is not None:
         state, meta = restored
         batches.set_state(meta["iterator"])
         start_epoch, start_iter, sums, last_row = meta["epoch"], meta["iteration"], meta.get("epoch_sums"), meta.get("row")
-        tqdm.write(f"resuming {workdir} at step {int(state.step)} (epoch {start_epoch}, iteration {start_iter})")
+        log.info("resuming %s at step %d (epoch %d, iteration %d)", workdir, int(state.step), start_epoch, start_iter)
     metrics_path = os.path.join(workdir, "metrics.csv")
     history = read_metrics(metrics_path, start_epoch)
     if main and last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
@@ -214,12 +218,12 @@ def _train_epoch(run: _Run, stop, state, sums, epoch: int, start: int):
         if interrupted:
             bar.close()
             if bad:  # never save a state whose last update was skipped
-                tqdm.write(f"interrupted: not saved (the last {bad} steps were non-finite); "
-                           f"run the same command to resume from step {store.latest_step()}")
+                log.info("interrupted: not saved (the last %d steps were non-finite); run the same command to "
+                         "resume from step %s", bad, store.latest_step())
             else:
                 meta = checkpoint_meta(config, epoch, it + 1, run.batches, _host_sums(acc))
                 store.save(int(state.step), state, meta)
-                tqdm.write(f"interrupted: saved step {int(state.step)} in {store.root}; run the same command to resume")
+                log.info("interrupted: saved step %d in %s; run the same command to resume", int(state.step), store.root)
             raise KeyboardInterrupt
     bar.close()
     return state, _host_sums(acc), bad
@@ -262,7 +266,7 @@ class _StopFlag:
         if self.requested:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        log.info("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __enter__(self):
         # Several processes cannot stop at the same step on their own: there Ctrl-C stops every
