@@ -62,6 +62,11 @@ class Predictor:
         self.params, self.batch_stats = jax.device_put((params, batch_stats), device)
         self._fns = {}
 
+    @property
+    def config(self):
+        """The run's config tree (frozen ``ml_collections.ConfigDict``: ``config.data`` etc.)."""
+        return self.run.config
+
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str | int = "best", *, data_root: str | None = None,
                      cond_stats: dict | None = None, bn_mode: str | None = None,
