@@ -150,7 +150,8 @@ def test_best_outlives_the_latest_window_and_each_state_is_written_once(tmp_path
         with CheckpointStore(str(tmp_path), keep=2, read_only=read_only) as store:
             assert store.steps() == [2, 5, 6] and store.best_step() == 2
             restored, meta = store.restore("best", state, cfg)
-            assert _same_bits(restored, _at(state, 2)) and meta["val_psnr"] == max(v for v in psnr.values() if v is not None and v == v)
+            validated = [v for v in psnr.values() if v is not None and v == v]
+            assert _same_bits(restored, _at(state, 2)) and meta["val_psnr"] == max(validated)
     with CheckpointStore(str(tmp_path), keep=2) as store:
         store.save(7, _at(state, 7), {"epoch": 7}, val_psnr=19.0)
         assert store.steps() == [2, 6, 7] and store.best_step() == 2

@@ -27,12 +27,13 @@ checksum): :meth:`CheckpointStore.restore` raises :class:`DamagedCheckpointError
 the previous one. A damaged best checkpoint is moved there too when training next saves a
 validated epoch, so that an intact one takes its place.
 
-Two-folder layout. Workdirs written by earlier versions of vp_jax keep ``checkpoints/latest/<step>/`` (the
-last ``keep`` steps) and ``checkpoints/best/<step>/`` (the best step, a second copy when it is
-also among the latest). eval.py and :class:`~vp_jax.predictor.Predictor` read them where they
-are; train.py (which holds the workdir's lock) moves their step folders into
-``checkpoints/<step>/`` when it opens such a workdir, once, with a one-line note: the best
-step's folder with its ``val_psnr`` metric, a second copy of the same step dropped.
+Two-folder layout. Workdirs written by earlier versions of vp_jax keep
+``checkpoints/latest/<step>/`` (the last ``keep`` steps) and ``checkpoints/best/<step>/`` (the
+best step, a second copy when it is also among the latest). eval.py and
+:class:`~vp_jax.predictor.Predictor` read them where they are; train.py (which holds the
+workdir's lock) moves their step folders into ``checkpoints/<step>/`` when it opens such a
+workdir, once, with a one-line note: the best step's folder with its ``val_psnr`` metric, a
+second copy of the same step dropped.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ class CheckpointStore:
         if read_only and not os.path.isdir(root):
             raise CheckpointError(f"{root}: no checkpoints (train this workdir first)")
         if read_only:  # read where they are: the two-folder layout's folders too
-            dirs = [root] + [os.path.join(root, sub) for sub in (BEST, LATEST) if os.path.isdir(os.path.join(root, sub))]
+            dirs = [root] + [d for d in (os.path.join(root, BEST), os.path.join(root, LATEST)) if os.path.isdir(d)]
             for step_dir in (os.path.join(d, name) for d in dirs for name in _step_names(d)):
                 reason = unreadable_metrics(step_dir)
                 if reason:

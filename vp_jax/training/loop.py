@@ -13,6 +13,7 @@ are kept on the device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -90,8 +91,9 @@ def _train(config, workdir: str) -> dict:
     base_key = jax.random.key(config.seed)
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
+    log = functools.partial(tqdm.write, file=sys.stderr)  # the store's notes and warnings
     # Closed however the run ends (a refused resume, a non-finite stop, Ctrl-C, an error).
-    with CheckpointStore(workdir, keep=config.checkpoint.keep, log=lambda msg: tqdm.write(msg, file=sys.stderr)) as store:
+    with CheckpointStore(workdir, keep=config.checkpoint.keep, log=log) as store:
         main = parallel.is_main_process()
         state, start_epoch, start_iter, sums, history = _resume(config, workdir, store, state, batches, main)
         validator = Validator(config, val_src, val_key, cond_stats=cond_stats, mesh=mesh)
