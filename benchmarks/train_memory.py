@@ -1,7 +1,7 @@
 """Host memory over a training run: does the resident set stay flat from epoch to epoch?
 
 Runs the real ``train.py`` on a config for many short epochs (each epoch trains, validates,
-writes GIFs and plots, saves two checkpoints) and prints one JSON object from the run's own
+writes GIFs and plots, saves a checkpoint) and prints one JSON object from the run's own
 ``metrics.csv`` (whose ``rss_mb`` column is the process's resident memory at each epoch end)::
 
     python benchmarks/train_memory.py                                  # tiny config, 20 x 4 steps

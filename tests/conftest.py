@@ -4,6 +4,7 @@ Initialising compiles ~100 threefry draws (seconds on a 2-core CPU), so tests sh
 variables; variants that only drop networks (fixed prior) reuse it.
 """
 
+import logging
 import os
 
 import jax
@@ -20,6 +21,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def logged():
+    """What vp_jax logs during the test, as ``"<level>: <message>"`` lines (``info``, ``warning``)."""
+    lines = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            lines.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    logger, handler = logging.getLogger("vp_jax"), Handler()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

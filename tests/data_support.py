@@ -102,3 +102,41 @@ def rewrite_state_with_one_value_changed(step_dir: str) -> None:
     checkpointer.close()
     shutil.rmtree(state)
     os.rename(state + ".new", state)
+
+
+def to_two_folder_layout(workdir: str, keep: int) -> dict:
+    """Rearrange ``workdir``'s checkpoints (one folder per step) as earlier vp_jax versions laid
+    them out: ``checkpoints/latest/<step>/`` the last ``keep`` steps, written without orbax
+    metrics, and ``checkpoints/best/<step>/`` the step with the best ``val_psnr`` metric, with its
+    metric (orbax's ``metrics/metrics`` item), a second copy when it is also among the latest.
+    Every copy has its file manifest. Returns ``{'latest': [steps], 'best': step}``."""
+    import json
+
+    from vp_jax.training.checkpoints import write_manifest
+
+    root = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
+    scores = {}
+    for step in steps:
+        path = os.path.join(root, str(step), "metrics", "metrics")
+        if os.path.exists(path):
+            scores[step] = json.load(open(path))["val_psnr"]
+    best = max(scores, key=scores.get)
+    latest = steps[-keep:]
+    os.makedirs(os.path.join(root, "latest"))
+    os.makedirs(os.path.join(root, "best"))
+    shutil.copytree(os.path.join(root, str(best)), os.path.join(root, "best", str(best)))
+    for step in latest:
+        dest = os.path.join(root, "latest", str(step))
+        shutil.copytree(os.path.join(root, str(step)), dest)
+        shutil.rmtree(os.path.join(dest, "metrics"), ignore_errors=True)
+        meta_path = os.path.join(dest, "_CHECKPOINT_METADATA")
+        meta = json.load(open(meta_path))
+        meta["item_handlers"].pop("metrics", None)
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+        os.remove(os.path.join(dest, "files.sha256.json"))
+        write_manifest(dest)
+    for step in steps:
+        shutil.rmtree(os.path.join(root, str(step)))
+    return {"latest": latest, "best": best}

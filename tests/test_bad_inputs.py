@@ -243,7 +243,7 @@ def ckpt_copy(checkpointed, tmp_path):
 
 
 def _step_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints", "latest", "3")
+    return os.path.join(workdir, "checkpoints", "3")
 
 
 CHECKPOINT_CASES = {
@@ -251,17 +251,17 @@ CHECKPOINT_CASES = {
     "no such step": (lambda wd: None, ["--checkpoint", "999"], ["no checkpoint at step 999", "have [3]"]),
     "not a checkpoint name": (lambda wd: None, ["--checkpoint", "last"], ["--checkpoint 'last'", "'best', 'latest' or a step"]),
     "partly deleted": (lambda wd: shutil.rmtree(os.path.join(_step_dir(wd), "state", "ocdbt.process_0")),
-                       ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint", "file(s) missing"]),
+                       ["--checkpoint", "latest"], ["checkpoints/3: damaged checkpoint", "file(s) missing"]),
     "truncated": (lambda wd: _truncate(os.path.join(_step_dir(wd), "state", "_METADATA")),
-                  ["--checkpoint", "latest"], ["checkpoints/latest/3: damaged checkpoint"]),
+                  ["--checkpoint", "latest"], ["checkpoints/3: damaged checkpoint"]),
     # Orbax's read or the checksum fails, depending on where the byte lands in this save.
     "changed bytes": (lambda wd: flip_a_byte(_step_dir(wd)), ["--checkpoint", "3"],
-                      ["checkpoints/latest/3: damaged checkpoint"]),
+                      ["checkpoints/3: damaged checkpoint"]),
     # A well-formed state of other values: its files are not those the manifest lists.
     "changed values": (lambda wd: rewrite_state_with_one_value_changed(_step_dir(wd)), ["--checkpoint", "3"],
-                       ["checkpoints/latest/3: damaged checkpoint", "file(s) missing"]),
+                       ["checkpoints/3: damaged checkpoint", "file(s) missing"]),
     "other model size": (lambda wd: _edit_json(os.path.join(wd, "config.json"), "model", "g_dim", 16),
-                         [], ["checkpoints/latest/3: written by another model", "model.g_dim: checkpoint has 8, config has 16"]),
+                         [], ["checkpoints/3: written by another model", "model.g_dim: checkpoint has 8, config has 16"]),
     "damaged config.json": (lambda wd: _write(os.path.join(wd, "config.json"), '{"model": '), [],
                             ["config.json: not a readable JSON config"]),
 }
@@ -296,7 +296,7 @@ def test_resume_of_another_model_is_refused_by_the_checkpoint(ckpt_copy):
     os.remove(os.path.join(ckpt_copy, "config.json"))
     before = sorted(set(os.listdir(ckpt_copy)) | {".lock", ".lock.pid"})  # (train.py's lock files stay; harmless)
     proc = cli(*train_resume(ckpt_copy, "--config.model.z_dim=8"))
-    assert_one_line_error(proc, "checkpoints/latest/3: written by another model", "model.z_dim: checkpoint has 4, config has 8")
+    assert_one_line_error(proc, "checkpoints/3: written by another model", "model.z_dim: checkpoint has 4, config has 8")
     assert sorted(os.listdir(ckpt_copy)) == before
 
 
@@ -305,6 +305,6 @@ def test_resume_with_every_checkpoint_damaged_is_refused(ckpt_copy):
     proc = cli(*train_resume(ckpt_copy))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-    assert len(lines) == 2 and lines[0].startswith("warning: ") and "damaged checkpoint" in lines[0], proc.stderr
+    assert len(lines) == 2 and lines[0].startswith("warning: ") and "warning: warning" not in lines[0] and "damaged checkpoint" in lines[0], proc.stderr
     assert lines[1].startswith("error: ") and "all 1 checkpoints are damaged" in lines[1], proc.stderr
-    assert os.path.isdir(os.path.join(ckpt_copy, "checkpoints", "damaged", "latest-3"))
+    assert os.path.isdir(os.path.join(ckpt_copy, "checkpoints", "damaged", "3"))

@@ -75,8 +75,7 @@ def test_save_leaves_no_temporary_folder(tmp_path, state):
     with CheckpointStore(str(tmp_path), keep=1) as store:
         for step in (1, 2, 3):
             store.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), {"epoch": step})
-    latest = os.path.join(str(tmp_path), "checkpoints", "latest")
-    assert sorted(os.listdir(latest)) == ["3"]
+    assert sorted(os.listdir(os.path.join(str(tmp_path), "checkpoints"))) == ["3"]
 
 
 def test_damaged_files_are_refused_before_orbax_reads_them(tmp_path, tiny_config, state, monkeypatch):
@@ -85,15 +84,15 @@ def test_damaged_files_are_refused_before_orbax_reads_them(tmp_path, tiny_config
     themselves on stderr later). A checkpoint without a manifest (an older version's) restores."""
     with CheckpointStore(str(tmp_path)) as store:
         store.save(3, state, {"epoch": 1})
-        step_dir = os.path.join(store.root, "latest", "3")
+        step_dir = os.path.join(store.root, "3")
         manifest = json.load(open(os.path.join(step_dir, checkpoints.MANIFEST)))
         on_disk = {os.path.relpath(os.path.join(d, n), step_dir) for d, _, ns in os.walk(step_dir) for n in ns}
         assert set(manifest) == on_disk - {checkpoints.MANIFEST} and any(k.startswith("state/") for k in manifest)
         assert checkpoints.damaged_files(step_dir) is None
 
         reads = []
-        real_restore = store._latest.restore
-        monkeypatch.setattr(store._latest, "restore", lambda *a, **k: reads.append(a) or real_restore(*a, **k))
+        real_restore = store._manager.restore
+        monkeypatch.setattr(store._manager, "restore", lambda *a, **k: reads.append(a) or real_restore(*a, **k))
         victim = max(manifest, key=lambda k: os.path.getsize(os.path.join(step_dir, k)))
         with open(os.path.join(step_dir, victim), "r+b") as f:
             f.seek(os.path.getsize(os.path.join(step_dir, victim)) // 2)
@@ -109,8 +108,148 @@ def test_damaged_files_are_refused_before_orbax_reads_them(tmp_path, tiny_config
         assert reads == []
 
         store.save(4, state, {"epoch": 2})
-        os.remove(os.path.join(store.root, "latest", "4", checkpoints.MANIFEST))
+        os.remove(os.path.join(store.root, "4", checkpoints.MANIFEST))
         restored, meta = store.restore(4, state, model_config(tiny_config))
         assert meta["epoch"] == 2 and len(reads) == 2  # meta, then state
         for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _at(state, step: int):
+    """``state`` as saved at ``step``: its step and parameters shifted by ``step``."""
+    return state.replace(step=jnp.asarray(step, jnp.int32), params=jax.tree.map(lambda p: p + step, state.params))
+
+
+def _same_bits(a, b) -> bool:
+    return state_digest(a) == state_digest(b)
+
+
+def _folders(root: str) -> list:
+    return sorted(os.listdir(root), key=lambda d: (not d.isdigit(), int(d) if d.isdigit() else d))
+
+
+def test_best_outlives_the_latest_window_and_each_state_is_written_once(tmp_path, tiny_config, state, monkeypatch):
+    """keep=2: the best validated step stays after the latest two have moved past it, also in a
+    reopened store (its metric is on disk), and restore('best') returns it; a step saved without
+    validation (None, NaN) is kept only while among the latest. Every save writes one folder, the
+    state once."""
+    cfg = model_config(tiny_config)
+    psnr = {1: 20.0, 2: 25.0, 3: 21.0, 4: None, 5: 22.0, 6: float("nan")}
+    expected = {1: [1], 2: [1, 2], 3: [2, 3], 4: [2, 3, 4], 5: [2, 4, 5], 6: [2, 5, 6]}
+    with CheckpointStore(str(tmp_path), keep=2) as store:
+        writes = []
+        real_save = store._manager.save
+        monkeypatch.setattr(store._manager, "save", lambda *a, **k: writes.append(a) or real_save(*a, **k))
+        for step, value in psnr.items():
+            store.save(step, _at(state, step), {"epoch": step, "val_psnr": value}, val_psnr=value)
+            assert store.steps() == expected[step] and _folders(store.root) == [str(s) for s in expected[step]]
+        assert len(writes) == len(psnr)
+        assert sum(name == "state" for _, dirs, _ in os.walk(store.root) for name in dirs) == 3
+        assert store.best_step() == 2 and store.latest_step() == 6
+    for read_only in (True, False):
+        with CheckpointStore(str(tmp_path), keep=2, read_only=read_only) as store:
+            assert store.steps() == [2, 5, 6] and store.best_step() == 2
+            restored, meta = store.restore("best", state, cfg)
+            validated = [v for v in psnr.values() if v is not None and v == v]
+            assert _same_bits(restored, _at(state, 2)) and meta["val_psnr"] == max(validated)
+    with CheckpointStore(str(tmp_path), keep=2) as store:
+        store.save(7, _at(state, 7), {"epoch": 7}, val_psnr=19.0)
+        assert store.steps() == [2, 6, 7] and store.best_step() == 2
+        store.save(8, _at(state, 8), {"epoch": 8}, val_psnr=30.0)  # a new best: the old one goes
+        assert store.steps() == [7, 8] and store.best_step() == 8
+        assert _same_bits(store.restore("best", state, cfg)[0], _at(state, 8))
+
+
+def test_best_falls_back_to_the_latest_without_validation(tmp_path, tiny_config, state):
+    with CheckpointStore(str(tmp_path), keep=2) as store:
+        for step in (1, 2, 3):
+            store.save(step, _at(state, step), {"epoch": step})
+        assert store.best_step() is None and store.steps() == [2, 3]
+        restored, _ = store.restore("best", state, model_config(tiny_config))
+        assert _same_bits(restored, _at(state, 3))
+
+
+def test_a_step_saved_again_after_a_crash_replaces_the_first(tmp_path, tiny_config, state):
+    with CheckpointStore(str(tmp_path), keep=2) as store:
+        store.save(3, _at(state, 3), {"epoch": 1}, val_psnr=20.0)
+        store.save(3, _at(state, 4), {"epoch": 1}, val_psnr=21.0)
+        restored, meta = store.restore("best", state, model_config(tiny_config))
+        assert store.steps() == [3] and store.best_step() == 3 and _same_bits(restored, _at(state, 4))
+        assert checkpoints.damaged_files(os.path.join(store.root, "3")) is None
+
+
+def test_a_damaged_best_is_refused_then_replaced(tmp_path, tiny_config, state, logged):
+    """A damaged best checkpoint: restore('best') refuses it by path; resuming takes the newest
+    intact step without touching it; the next validated save moves it to checkpoints/damaged/ with
+    one warning, and the best intact step takes its place. A best whose metric file is damaged
+    (orbax reads every metric when it opens) is refused by a reader, moved aside by a writer."""
+    from data_support import flip_a_byte
+
+    cfg = model_config(tiny_config)
+    with CheckpointStore(str(tmp_path), keep=1) as store:
+        for step, value in ((1, 25.0), (2, 20.0), (3, 21.0)):
+            store.save(step, _at(state, step), {"epoch": step}, val_psnr=value)
+        assert store.steps() == [1, 3] and store.best_step() == 1
+    flip_a_byte(os.path.join(str(tmp_path), "checkpoints", "1"))
+    with CheckpointStore(str(tmp_path), keep=1) as store:
+        with pytest.raises(checkpoints.DamagedCheckpointError, match="checkpoints/1: damaged checkpoint"):
+            store.restore("best", state, cfg)
+        restored, _ = store.restore_for_resume(state, cfg)
+        assert _same_bits(restored, _at(state, 3)) and logged == []
+        store.save(4, _at(state, 4), {"epoch": 4}, val_psnr=19.0)
+        assert len(logged) == 1 and logged[0].startswith("warning: ") and "checkpoints/1: damaged best checkpoint" in logged[0], logged
+        assert os.path.isdir(os.path.join(store.root, "damaged", "1"))
+        assert store.steps() == [3, 4] and store.best_step() == 3
+        assert _same_bits(store.restore("best", state, cfg)[0], _at(state, 3))
+
+    with open(os.path.join(str(tmp_path), "checkpoints", "3", "metrics", "metrics"), "w") as f:
+        f.write('{"val_ps')
+    with pytest.raises(checkpoints.DamagedCheckpointError, match="checkpoints/3: damaged checkpoint .metrics unreadable"):
+        CheckpointStore(str(tmp_path), read_only=True)
+    logged.clear()
+    with CheckpointStore(str(tmp_path), keep=1) as store:
+        assert store.steps() == [4] and store.best_step() == 4
+    assert len(logged) == 1 and "checkpoints/3: damaged checkpoint (metrics unreadable" in logged[0], logged
+    assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", "damaged", "3"))
+
+
+@pytest.mark.parametrize("psnr", [(25.0, 20.0, 21.0), (20.0, 25.0, 21.0)], ids=["best-apart", "best-among-latest"])
+def test_two_folder_layout_is_read_in_place_and_moved_by_the_writer(tmp_path, tiny_config, state, psnr, logged):
+    """checkpoints/latest/<step>/ and checkpoints/best/<step>/ (earlier versions): a reader finds
+    every step and the best where they are and moves nothing; the writer moves them into
+    checkpoints/<step>/ once (one note; the best's copy, with its metric), and the best stays the
+    best across later saves."""
+    from data_support import to_two_folder_layout
+
+    cfg = model_config(tiny_config)
+    workdir = str(tmp_path)
+    with CheckpointStore(workdir, keep=2) as store:
+        for step, value in zip((1, 2, 3), psnr):
+            store.save(step, _at(state, step), {"epoch": step, "val_psnr": value}, val_psnr=value)
+    old = to_two_folder_layout(workdir, keep=2)
+    best = old["best"]
+    root = os.path.join(workdir, "checkpoints")
+    before = sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns)
+    assert checkpoints.has_checkpoints(workdir)
+    with CheckpointStore(workdir, keep=2, read_only=True) as store:
+        assert store.steps() == ([1, 2, 3] if best == 1 else [2, 3])
+        assert store.best_step() == best and store.latest_step() == 3
+        for which, step in (("best", best), ("latest", 3), (2, 2)):
+            restored, meta = store.restore(which, state, cfg)
+            assert _same_bits(restored, _at(state, step)) and meta["epoch"] == step
+    assert sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns) == before
+
+    with CheckpointStore(workdir, keep=2) as store:
+        assert len(logged) == 1 and logged[0].startswith("info: moved") and "one folder per step" in logged[0]
+        assert _folders(root) == [str(s) for s in sorted({best, 2, 3})]
+        assert os.path.isdir(os.path.join(root, str(best), "metrics"))
+        assert store.best_step() == best
+        for step in store.steps():
+            assert checkpoints.damaged_files(os.path.join(root, str(step))) is None
+        restored, meta = store.restore_for_resume(state, cfg)
+        assert _same_bits(restored, _at(state, 3)) and meta["epoch"] == 3
+        store.save(4, _at(state, 4), {"epoch": 4}, val_psnr=22.0)
+        store.save(5, _at(state, 5), {"epoch": 5}, val_psnr=23.0)
+        assert store.steps() == sorted({best, 4, 5}) and store.best_step() == best
+    with CheckpointStore(workdir, keep=2) as store:
+        assert len(logged) == 1 and store.best_step() == best

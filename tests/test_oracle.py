@@ -11,7 +11,6 @@ generation) makes it fail.
 
 import jax
 import numpy as np
-import pytest
 
 from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, SequenceSource, condition_stats

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed
+from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed, to_two_folder_layout
 
 from vp_jax.config import run_config
 
@@ -102,23 +102,34 @@ def train_args(ctx, workdir: str, *extra: str) -> list[str]:
     ]
 
 
-def latest_steps(workdir: str, which: str = "latest") -> list[int]:
-    path = os.path.join(workdir, "checkpoints", which)
+def saved_steps(workdir: str) -> list[int]:
+    """The steps saved in ``workdir/checkpoints/<step>/`` (the last two and the best)."""
+    path = os.path.join(workdir, "checkpoints")
     return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
 
 
-def checkpoint_arrays(workdir: str, step: int | None = None, which: str = "latest") -> dict:
+def best_step(workdir: str) -> int:
+    """The saved step with the highest val_psnr metric (read from orbax's metrics files)."""
+    scores = {}
+    for step in saved_steps(workdir):
+        path = os.path.join(workdir, "checkpoints", str(step), "metrics", "metrics")
+        if os.path.exists(path):
+            scores[step] = json.load(open(path))["val_psnr"]
+    return max(scores, key=scores.get)
+
+
+def checkpoint_arrays(workdir: str, step: int | None = None) -> dict:
     """The saved TrainState of a checkpoint as a flat {path: numpy array} (read by orbax, no model code)."""
     import jax
     import orbax.checkpoint as ocp
 
-    step = latest_steps(workdir, which)[-1] if step is None else step
-    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", which, str(step), "state"))
+    step = saved_steps(workdir)[-1] if step is None else step
+    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def checkpoint_meta(workdir: str, step: int, which: str = "latest") -> dict:
-    with open(os.path.join(workdir, "checkpoints", which, str(step), "meta", "metadata")) as f:
+def checkpoint_meta(workdir: str, step: int) -> dict:
+    with open(os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")) as f:
         return json.load(f)
 
 
@@ -128,18 +139,18 @@ def metrics(workdir: str) -> pd.DataFrame:
 
 def assert_same_run(workdir: str, reference: str) -> None:
     """metrics.csv (all columns but wall clock and memory), the final checkpoint's every array
-    (params, BatchNorm statistics, optimiser state, step) and the best checkpoint: bit-identical."""
+    (params, BatchNorm statistics, optimiser state, step), the saved steps and the best: bit-identical."""
     pd.testing.assert_frame_equal(metrics(workdir).drop(columns=IGNORED), metrics(reference).drop(columns=IGNORED),
                                   check_exact=True)
-    assert latest_steps(workdir)[-1] == latest_steps(reference)[-1] == EPOCHS * EPOCH_SIZE
+    assert saved_steps(workdir)[-1] == saved_steps(reference)[-1] == EPOCHS * EPOCH_SIZE
     ours, theirs = checkpoint_arrays(workdir), checkpoint_arrays(reference)
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert ours[key].dtype == theirs[key].dtype and ours[key].shape == theirs[key].shape, key
         assert ours[key].tobytes() == theirs[key].tobytes(), f"{key} differs"
-    assert latest_steps(workdir, "best") == latest_steps(reference, "best")
-    step = latest_steps(reference)[-1]
-    assert checkpoint_meta(workdir, step)["state_sha256"] == checkpoint_meta(reference, step)["state_sha256"]
+    assert saved_steps(workdir) == saved_steps(reference) and best_step(workdir) == best_step(reference)
+    for step in saved_steps(reference):
+        assert checkpoint_meta(workdir, step)["state_sha256"] == checkpoint_meta(reference, step)["state_sha256"]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -164,7 +175,9 @@ def reference(ctx):
 @pytest.fixture(scope="module")
 def interrupted(ctx, reference):
     """The same run, (1) stopped with Ctrl-C mid-epoch while a second train.py tries the workdir,
-    (2) resumed and killed with SIGKILL at a random moment, (3) resumed to the end."""
+    its checkpoints then laid out as earlier versions wrote them (checkpoints/latest/,
+    checkpoints/best/), (2) resumed and killed with SIGKILL at a random moment, (3) resumed to the
+    end."""
     rng = ctx["rng"]
     workdir = os.path.join(ctx["base"], "interrupted")
     lock = os.path.join(workdir, ".lock")
@@ -177,6 +190,7 @@ def interrupted(ctx, reference):
     first.wait_for("epoch 2:")
     # Right after an epoch's line the next epoch's steps start: Ctrl-C lands in its first steps.
     ctrl_c = first.kill_after(rng.uniform(0.0, 0.05), signal.SIGINT)
+    two_folder = to_two_folder_layout(workdir, keep=2)
     killed = Train(ctx, "interrupted-2", *train_args(ctx, workdir))
     # Somewhere in a random later epoch: its steps, validation, GIF and plot writing or saving.
     killed.wait_for(f"epoch {int(rng.integers(3, EPOCHS - 1))}:")
@@ -184,7 +198,7 @@ def interrupted(ctx, reference):
     stale = open(lock + ".pid").read()
     last = run_train(ctx, "interrupted-3", *train_args(ctx, workdir))
     return dict(workdir=workdir, first=first, second=second, killed=killed, last=last, ctrl_c=ctrl_c,
-                sigkill=sigkill, stale_pid=stale)
+                sigkill=sigkill, stale_pid=stale, two_folder=two_folder)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C / kill / lock
@@ -215,11 +229,21 @@ def test_sigkill_leaves_a_stale_lock_that_does_not_block(interrupted):
     assert "resuming" in interrupted["last"].stdout
 
 
+def test_two_folder_layout_is_moved_once_on_resume(interrupted):
+    """The resumed run moved the checkpoints of checkpoints/latest/ and checkpoints/best/ (the
+    mid-epoch one among them) into one folder per step, with one line, and resumed from the
+    mid-epoch checkpoint (test_ctrl_c_mid_epoch_saves_and_exits); the next run found nothing to move."""
+    old = interrupted["two_folder"]
+    notes = [ln for ln in interrupted["killed"].stdout.splitlines() if ln.startswith("moved ")]
+    assert len(notes) == 1 and "one folder per step" in notes[0], interrupted["killed"].stdout
+    assert notes[0].startswith(f"moved {len(set(old['latest']) | {old['best']})} checkpoint(s)")
+    assert "one folder per step" not in interrupted["last"].stdout + interrupted["last"].stderr
+
+
 def test_interrupted_run_is_bit_identical_to_an_uninterrupted_one(interrupted, reference):
     assert_same_run(interrupted["workdir"], reference)
-    # No temporary folders of interrupted saves are left in the checkpoint folders.
-    for which in ("latest", "best"):
-        assert all(d.isdigit() for d in os.listdir(os.path.join(interrupted["workdir"], "checkpoints", which)))
+    # No temporary folders of interrupted saves are left in the checkpoint folder.
+    assert all(d.isdigit() for d in os.listdir(os.path.join(interrupted["workdir"], "checkpoints")))
 
 
 # ----------------------------------------------------------------------------- damaged checkpoints
@@ -235,12 +259,12 @@ def test_resume_falls_back_from_a_damaged_latest_checkpoint(ctx, reference):
     workdir = os.path.join(ctx["base"], "damaged")
     shutil.copytree(reference, workdir)
     last = EPOCHS * EPOCH_SIZE
-    _truncate_largest_array_file(os.path.join(workdir, "checkpoints", "latest", str(last)))
+    _truncate_largest_array_file(os.path.join(workdir, "checkpoints", str(last)))
     run = run_train(ctx, "damaged", *train_args(ctx, workdir))
     warnings = [ln for ln in run.stderr.splitlines() if "warning" in ln]
     assert len(warnings) == 1, run.stderr
-    assert f"checkpoints/latest/{last}: damaged checkpoint" in warnings[0] and "trying the previous one" in warnings[0]
-    assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", f"latest-{last}"))
+    assert f"checkpoints/{last}: damaged checkpoint" in warnings[0] and "trying the previous one" in warnings[0]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", str(last)))
     assert f"resuming {workdir} at step {last - EPOCH_SIZE}" in run.stdout
     assert_same_run(workdir, reference)  # the redone epoch is the same epoch
 
@@ -262,7 +286,7 @@ DAMAGE = {
 # A damaged checkpoint is refused before orbax reads it: no abandoned reads report themselves.
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", sorted(DAMAGE))
-def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how):
+def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how, logged):
     """CheckpointStore in-process: restore() refuses the damaged step (one line naming it);
     restore_for_resume() warns once, moves it aside and returns the previous one intact."""
     import jax
@@ -275,28 +299,27 @@ def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how):
     workdir = str(tmp_path / "wd")
     shutil.copytree(reference, workdir)
     config = load_config_json(os.path.join(workdir, "config.json"))
-    last, previous = latest_steps(workdir)[-2:][::-1]
+    last, previous = saved_steps(workdir)[-2:][::-1]
     # A TrainState target built from the saved arrays (no model initialisation needed).
-    tree = ocp.StandardCheckpointer().restore(os.path.join(reference, "checkpoints", "latest", str(last), "state"))
+    tree = ocp.StandardCheckpointer().restore(os.path.join(reference, "checkpoints", str(last), "state"))
     tx = make_optimizer(run_config(config).train)
     target = TrainState(step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
                         opt_state=tx.init(tree["params"]), tx=tx)
-    step_dir = os.path.join(workdir, "checkpoints", "latest", str(last))
+    step_dir = os.path.join(workdir, "checkpoints", str(last))
     DAMAGE[how](step_dir)
 
     store = CheckpointStore(workdir, keep=2)
     with pytest.raises(DamagedCheckpointError) as err:
         store.restore("latest", target, model_config(config))
-    assert "\n" not in str(err.value) and f"latest/{last}: damaged checkpoint" in str(err.value)
+    assert "\n" not in str(err.value) and f"checkpoints/{last}: damaged checkpoint" in str(err.value)
     if how == "changed value, no file checksums":
         assert "state contents differ from the checksum saved with it" in str(err.value)
     else:
         assert "differ from the checksums saved with them" in str(err.value) or "missing" in str(err.value)
-    warned = []
-    state, meta = store.restore_for_resume(target, model_config(config), warn=warned.append)
-    assert len(warned) == 1 and f"latest/{last}: damaged checkpoint" in warned[0], warned
+    state, meta = store.restore_for_resume(target, model_config(config))
+    assert len(logged) == 1 and f"warning: {step_dir}: damaged checkpoint" in logged[0], logged
     assert int(state.step) == previous and meta["epoch"] == previous // EPOCH_SIZE
-    assert store.steps() == [previous] and not os.path.exists(step_dir)
+    assert store.steps() == [s for s in saved_steps(reference) if s != last] and not os.path.exists(step_dir)
     expected = checkpoint_arrays(reference, previous)
     got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state)}
     assert len(got) == len(expected)
@@ -317,7 +340,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, re
     config["train"].update(lr=1e30, niter=EPOCHS + 10, epoch_size=3)  # not resumable changes: edited by hand
     json.dump(config, open(path, "w"))
     before = metrics(workdir)
-    good = latest_steps(workdir)[-1]
+    good = saved_steps(workdir)[-1]
     # Also as if killed between the last checkpoint and its metrics.csv row: the row comes back
     # from the checkpoint.
     before.iloc[:-1].to_csv(os.path.join(workdir, "metrics.csv"), index=False)
@@ -329,7 +352,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, re
     # Step `good` applied a finite update, the next 5 were non-finite (an epoch end after 2 of them).
     assert errors[0].startswith(f"error: step {good + 5}: loss was non-finite for 5 steps in a row"), errors[0]
     assert f"last good checkpoint (step {good})" in errors[0]
-    assert latest_steps(workdir) == latest_steps(reference)  # nothing saved during the skipped updates
+    assert saved_steps(workdir) == saved_steps(reference)  # nothing saved during the skipped updates
     ours, theirs = checkpoint_arrays(workdir), checkpoint_arrays(reference)
     assert all(ours[k].tobytes() == theirs[k].tobytes() for k in ours)
     assert all(np.isfinite(v).all() for k, v in ours.items() if v.dtype.kind == "f")
@@ -351,11 +374,10 @@ def test_leftover_temporary_checkpoint_is_removed_before_the_store_is_used(tmp_p
     has been opened, and a process that exits straight after opening it (an error path) prints no
     traceback from orbax's cleanup thread (a CI failure once, when close() did not wait for it)."""
     workdir = str(tmp_path / "wd")
-    leftover = os.path.join(workdir, "checkpoints", "latest", "5.orbax-checkpoint-tmp-1234567")
+    leftover = os.path.join(workdir, "checkpoints", "5.orbax-checkpoint-tmp-1234567")
     for _ in range(3):  # the race this guards against does not show every time
         os.makedirs(os.path.join(leftover, "state"), exist_ok=True)
         proc = subprocess.run([sys.executable, "-c", _LEFTOVER_PROBE, workdir, leftover], cwd=ROOT,
                               env=_env(str(tmp_path / "cache")), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stdout.split() == ["False"], proc.stdout
-        assert os.path.isdir(os.path.join(workdir, "checkpoints", "best"))  # the store was created

@@ -1,13 +1,18 @@
 """Orbax checkpoints: one layout shared by train.py and eval.py.
 
-``WORKDIR/checkpoints/latest/<step>/`` keeps the last ``config.checkpoint.keep`` checkpoints,
-``WORKDIR/checkpoints/best/<step>/`` the one with the best validation PSNR. Each checkpoint holds
+``WORKDIR/checkpoints/<step>/`` holds one folder per saved step, kept by one orbax
+``CheckpointManager`` whose preservation policy keeps the last ``config.checkpoint.keep`` steps
+and, beside them, the step with the best validation PSNR (orbax's ``val_psnr`` metric, saved
+with the step). A checkpoint saved without validation (an epoch without it, or a save on Ctrl-C
+mid-epoch) has no metric and is kept while it is among the last ``keep``. Each state is
+written once. Each checkpoint holds
 
 * ``state``: the :class:`~vp_jax.training.state.TrainState` pytree (params, BatchNorm running
-  statistics, optimiser state including the non-finite counter, step), and
+  statistics, optimiser state including the non-finite counter, step),
 * ``meta``: JSON — epoch, the data iterator's state, the base RNG seed, validation PSNR, the
   epoch's ``metrics.csv`` row, the model config that wrote it (so a checkpoint from another
-  model is refused by name) and ``state_sha256``, a checksum of the state's contents;
+  model is refused by name) and ``state_sha256``, a checksum of the state's contents, and
+* ``metrics``: ``{"val_psnr": ...}`` when the epoch was validated;
 
 and beside them ``files.sha256.json``, the checksum of every file of the finished checkpoint.
 
@@ -19,13 +24,23 @@ checkpoint damaged afterwards (a truncated or deleted file, a flipped bit) fails
 checksums before orbax reads it (or, without them, fails to restore or fails the state
 checksum): :meth:`CheckpointStore.restore` raises :class:`DamagedCheckpointError`, and
 :meth:`CheckpointStore.restore_for_resume` moves it to ``checkpoints/damaged/`` and falls back to
-the previous one.
+the previous one. A damaged best checkpoint is moved there too when training next saves a
+validated epoch, so that an intact one takes its place.
+
+Two-folder layout. Workdirs written by earlier versions of vp_jax keep
+``checkpoints/latest/<step>/`` (the last ``keep`` steps) and ``checkpoints/best/<step>/`` (the
+best step, a second copy when it is also among the latest). eval.py and
+:class:`~vp_jax.predictor.Predictor` read them where they are; train.py (which holds the
+workdir's lock) moves their step folders into ``checkpoints/<step>/`` when it opens such a
+workdir, once, with a one-line note: the best step's folder with its ``val_psnr`` metric, a
+second copy of the same step dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import json
 import shutil
@@ -34,16 +49,24 @@ import warnings
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from vp_jax import parallel
 from vp_jax._compat import await_orbax_tmp_cleanup
 from vp_jax.config import ModelConfig
 from vp_jax.errors import CheckpointError
 from vp_jax.fileio import write_text
 
+log = logging.getLogger(__name__)
+
 LATEST = "latest"
 BEST = "best"
 DAMAGED = "damaged"
 MANIFEST = "files.sha256.json"
+METRIC = "val_psnr"
+# Orbax's item (folder and file) of a step's metrics: ``<step>/metrics/metrics``.
+METRICS_FILE = os.path.join("metrics", "metrics")
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's name for a save under way
 
 
 class DamagedCheckpointError(CheckpointError):
@@ -58,16 +81,17 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _step_names(path: str) -> list[str]:
+    try:
+        return [name for name in os.listdir(path) if name.isdigit()]
+    except OSError:
+        return []
+
+
 def has_checkpoints(workdir: str) -> bool:
     """Whether ``workdir`` holds a finished checkpoint folder (cheap: no orbax, no reading)."""
     root = checkpoint_dir(workdir)
-    for sub in (LATEST, BEST):
-        try:
-            if any(name.isdigit() for name in os.listdir(os.path.join(root, sub))):
-                return True
-        except OSError:
-            continue
-    return False
+    return any(_step_names(os.path.join(root, sub)) for sub in ("", LATEST, BEST))
 
 
 def host_copy(state):
@@ -104,12 +128,25 @@ def state_digest(state) -> str | None:
     return h.hexdigest()
 
 
-def _manager(path: str, keep: int, best: bool, read_only: bool) -> ocp.CheckpointManager:
+def _val_psnr(metrics) -> float:
+    return metrics[METRIC]
+
+
+def _manager(path: str, keep: int, read_only: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        best_fn=(lambda m: m["val_psnr"]) if best else None,
+        # The last `keep` steps and the one with the best val_psnr; a step without the metric
+        # only while among the last `keep`. (max_to_keep stays unset: orbax refuses it beside a
+        # preservation policy.) reverse=False: the highest val_psnr is the best (orbax before
+        # 0.11.18 has no default for it).
+        preservation_policy=AnyPreservationPolicy([
+            LatestN(n=keep),
+            BestN(get_metric_fn=_val_psnr, reverse=False, n=1, keep_checkpoints_without_metrics=False),
+        ]),
+        # Keeps nothing itself (the policy decides); without it orbax neither writes a step's
+        # metrics to disk (a reopened manager would know no best step) nor ranks them in
+        # best_step().
+        best_fn=_val_psnr,
         best_mode="max",
-        keep_checkpoints_without_metrics=False if best else True,
         enable_async_checkpointing=False,
         create=not read_only,
         read_only=read_only,
@@ -195,6 +232,21 @@ def damaged_files(step_dir: str) -> str | None:
     return None
 
 
+def unreadable_metrics(step_dir: str) -> str | None:
+    """Why the ``val_psnr`` metric saved with ``step_dir`` cannot be read, or None (readable, or no
+    metric). Checked before orbax opens the folder: orbax reads every step's metrics when it
+    opens, and stops at the first that is not JSON."""
+    path = os.path.join(step_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            float(json.load(f)[METRIC])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"metrics unreadable: {_reason(err)}"
+    return None
+
+
 def _like_target(restored, target):
     if isinstance(target, jax.Array) and not target.committed and getattr(restored, "committed", False):
         return jax.device_put(np.asarray(restored))
@@ -202,77 +254,145 @@ def _like_target(restored, target):
 
 
 class CheckpointStore:
-    """The latest-N and best-by-validation-PSNR checkpoints of one workdir."""
+    """The checkpoints of one workdir: the last ``keep`` and the best by validation PSNR.
+
+    Notes and warnings (the layout moved on opening, a damaged checkpoint set aside) go to the
+    ``vp_jax`` logger, one line each.
+    """
 
     def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
         root = checkpoint_dir(workdir)
         self.root = root
+        self._intact: set[int] = set()  # steps written or checked by this process
         if read_only and not os.path.isdir(root):
             raise CheckpointError(f"{root}: no checkpoints (train this workdir first)")
+        if read_only:  # read where they are: the two-folder layout's folders too
+            dirs = [root] + [d for d in (os.path.join(root, BEST), os.path.join(root, LATEST)) if os.path.isdir(d)]
+            for step_dir in (os.path.join(d, name) for d in dirs for name in _step_names(d)):
+                reason = unreadable_metrics(step_dir)
+                if reason:
+                    raise DamagedCheckpointError(
+                        f"{step_dir}: damaged checkpoint ({reason}); move it away, or resume training "
+                        f"(which moves it to {os.path.join(root, DAMAGED)})", reason)
+        else:
+            dirs = [root]
+            if parallel.is_main_process():
+                self._adopt_two_folder_layout()
+                for name in _step_names(root):
+                    reason = unreadable_metrics(os.path.join(root, name))
+                    if reason:
+                        moved = self._move_aside(os.path.join(root, name))
+                        log.warning("%s: damaged checkpoint (%s); moved to %s", os.path.join(root, name), reason, moved)
+            parallel.sync_processes("checkpoint layout")  # the others open the folders after process 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._latest = _manager(os.path.join(root, LATEST), keep, False, read_only)
-            self._best = _manager(os.path.join(root, BEST), 1, True, read_only)
+            self._managers = [_manager(d, keep, read_only) for d in dirs]
+        self._manager = self._managers[0]
+
+    def _adopt_two_folder_layout(self) -> None:
+        """Move the step folders of ``checkpoints/best/`` and ``checkpoints/latest/`` into
+        ``checkpoints/<step>/`` (best first: its copy of a step carries the metric; latest's copy
+        of the same step, the same state and meta, is dropped). Each step is renamed at once, so a
+        process killed in between leaves folders that the next call moves."""
+        moved = 0
+        for sub in (BEST, LATEST):
+            folder = os.path.join(self.root, sub)
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if name.isdigit() and not os.path.exists(os.path.join(self.root, name)):
+                    os.rename(path, os.path.join(self.root, name))
+                    moved += 1
+                elif name.isdigit() or TMP_MARK in name:
+                    shutil.rmtree(path)
+            try:
+                os.rmdir(folder)
+            except OSError:  # something else is in there: left where it is
+                pass
+        if moved:
+            log.info("moved %d checkpoint(s) from %s/{%s,%s}/ to one folder per step, %s/<step>/",
+                     moved, self.root, LATEST, BEST, self.root)
 
     # -- queries ------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        return sorted({step for manager in self._managers for step in manager.all_steps()})
+
     def latest_step(self) -> int | None:
-        return self._latest.latest_step()
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        return self._best.best_step()
-
-    def steps(self) -> list[int]:
-        return sorted(self._latest.all_steps())
+        """The saved step with the highest validation PSNR; None when no saved step was validated."""
+        if len(self._managers) == 1:
+            return self._manager.best_step()
+        best = [(manager.metrics(step)[METRIC], step)  # the two-folder layout, read where it is
+                for manager in self._managers if (step := manager.best_step()) is not None]
+        return max(best)[1] if best else None
 
     def _saved(self) -> str:
-        return f"saved steps: latest {self.steps()}, best {sorted(self._best.all_steps())}"
+        best = self.best_step()
+        return f"saved steps {self.steps()}" + ("" if best is None else f", best {best}")
+
+    def _path(self, manager: ocp.CheckpointManager, step: int) -> str:
+        return os.path.join(str(manager.directory), str(step))
 
     # -- save / restore -----------------------------------------------------------------
     def save(self, step: int, state, meta: dict, val_psnr: float | None = None) -> None:
-        """Save ``state`` and ``meta`` as step ``step``; also as best if ``val_psnr`` is best.
-
-        The best copy is written first: a process killed between the two saves redoes the
-        epoch, finds the best copy already there and writes only the latest one, so the
-        outcome is the same as without the kill.
+        """Save ``state`` and ``meta`` as step ``step``, with ``val_psnr`` (None or NaN: not
+        validated) as its metric. A step that is already there (saved before a crash) is replaced.
         """
         state = host_copy(state)
         meta = dict(meta, state_sha256=state_digest(state))
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        if val_psnr is not None and val_psnr == val_psnr and step not in self._best.all_steps():  # not NaN
-            best = self._best.best_step()
-            best_psnr = -np.inf
-            if best is not None:
-                try:
-                    if damaged_files(os.path.join(str(self._best.directory), str(best))):
-                        raise DamagedCheckpointError("best checkpoint damaged")
-                    best_psnr = float(self._read_meta(self._best, best).get("val_psnr") or -np.inf)
-                except Exception:  # noqa: BLE001 - a damaged best copy is replaced
-                    self._quarantine(self._best, best)
-            if val_psnr > best_psnr:
-                self._save(self._best, step, args, metrics={"val_psnr": float(val_psnr)})
-        if step in self._latest.all_steps():  # only after a crash: replace it
-            self._latest.delete(step)
-        self._save(self._latest, step, args)
-
-    def _save(self, manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
-        manager.save(step, args=args, force=True, **kwargs)
+        metrics = None
+        if val_psnr is not None and val_psnr == val_psnr:  # not NaN
+            metrics = {METRIC: float(val_psnr)}
+            self._set_aside_damaged_best()
+        manager = self._manager
+        if step in manager.all_steps():  # only after a crash: replace it
+            manager.delete(step)
+        manager.save(step, args=args, force=True, metrics=metrics)
         manager.wait_until_finished()
         if jax.process_index() == 0:
-            write_manifest(os.path.join(str(manager.directory), str(step)))
+            write_manifest(self._path(manager, step))
+        self._intact.add(step)
+
+    def _set_aside_damaged_best(self) -> None:
+        """Move a damaged best checkpoint to ``checkpoints/damaged/`` (the preservation policy would
+        keep it, and not the intact one that a new validated epoch brings). Checked once a process."""
+        while (best := self.best_step()) is not None and best not in self._intact:
+            manager = self._find(best)
+            path = self._path(manager, best)
+            reason = damaged_files(path)
+            if not reason:
+                try:
+                    self._read_meta(manager, best)
+                except Exception as err:  # noqa: BLE001 - any read failure means a damaged checkpoint
+                    reason = f"meta unreadable: {_reason(err)}"
+            if not reason:
+                self._intact.add(best)
+                return
+            moved = self._quarantine(manager, best)
+            log.warning("%s: damaged best checkpoint (%s); moved to %s", path, reason, moved)
 
     def _read_meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta is a {type(meta).__name__}, expected a JSON object")
+        return meta
+
+    def _find(self, step: int) -> ocp.CheckpointManager | None:
+        return next((manager for manager in self._managers if step in manager.all_steps()), None)
 
     def resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
         """Map 'latest', 'best' or a step number to (manager, step)."""
         if which in (LATEST, None):
-            step = self._latest.latest_step()
-            manager = self._latest
+            step = self.latest_step()
         elif which == BEST:
-            step = self._best.best_step()
-            manager = self._best
+            step = self.best_step()
             if step is None:  # no validation ran yet: fall back to the latest
-                step, manager = self._latest.latest_step(), self._latest
+                step = self.latest_step()
         else:
             try:
                 step = int(which)
@@ -280,14 +400,13 @@ class CheckpointStore:
                 raise CheckpointError(
                     f"--checkpoint {which!r}: expected 'best', 'latest' or a step number"
                 ) from None
-            manager = self._latest if step in self._latest.all_steps() else self._best
-            if step not in manager.all_steps():
+            if self._find(step) is None:
                 raise CheckpointError(
                     f"{self.root}: no checkpoint at step {step} (have {self.steps()})"
                 )
         if step is None:
             raise CheckpointError(f"{self.root}: no checkpoints (train this workdir first)")
-        return manager, step
+        return self._find(step), step
 
     def restore(self, which, abstract_state, model_cfg: ModelConfig):
         """Restore ``which`` ('latest', 'best' or a step) into the structure of ``abstract_state``.
@@ -297,7 +416,7 @@ class CheckpointStore:
         :class:`DamagedCheckpointError` when it cannot be read back intact.
         """
         manager, step = self.resolve(which)
-        path = os.path.join(str(manager.directory), str(step))
+        path = self._path(manager, step)
 
         def damaged(reason: str) -> DamagedCheckpointError:
             return DamagedCheckpointError(f"{path}: damaged checkpoint ({reason}); {self._saved()}", reason)
@@ -307,8 +426,6 @@ class CheckpointStore:
             raise damaged(reason)
         try:
             meta = self._read_meta(manager, step)
-            if not isinstance(meta, dict):
-                raise ValueError(f"meta is a {type(meta).__name__}, expected a JSON object")
         except Exception as err:  # noqa: BLE001 - any read failure means a damaged checkpoint
             raise damaged(f"meta unreadable: {_reason(err)}") from None
         mismatch = model_mismatch(meta.get("model", {}), model_cfg)
@@ -324,62 +441,73 @@ class CheckpointStore:
         expected = meta.get("state_sha256")
         if expected and state_digest(restored) not in (None, expected):
             raise damaged("state contents differ from the checksum saved with it")
+        self._intact.add(step)
         # Orbax returns arrays committed to a device; a freshly created state is uncommitted, and
         # jit compiles the two as different programs. Match the target, so that a resumed run runs
         # the very program of an uninterrupted one (and finds it in a persistent compilation cache).
         restored = jax.tree_util.tree_map(_like_target, restored, abstract_state)
         return restored, meta
 
-    def restore_for_resume(self, abstract_state, model_cfg: ModelConfig, warn=print):
-        """The newest intact 'latest' checkpoint as ``(state, meta)``, or None if there is none.
+    def restore_for_resume(self, abstract_state, model_cfg: ModelConfig):
+        """The newest intact checkpoint as ``(state, meta)``, or None if there is none.
 
         A damaged checkpoint is moved to ``checkpoints/damaged/`` (so that training can write
-        that step again) with a one-line ``warn(message)``, and the previous one is tried. A
-        checkpoint of another model raises :class:`CheckpointError`; so does a store in which
-        every checkpoint is damaged (starting over silently would lose the run).
+        that step again) with a one-line warning, and the previous one is tried (the
+        best checkpoint too, when it is older than the latest ones). A checkpoint of another
+        model raises :class:`CheckpointError`; so does a store in which every checkpoint is
+        damaged (starting over silently would lose the run).
         """
-        steps = sorted(self._latest.all_steps(), reverse=True)
+        steps = self.steps()[::-1]
         for step in steps:
             try:
                 return self.restore(step, abstract_state, model_cfg)
             except DamagedCheckpointError as err:
-                moved = self._quarantine(self._latest, step)
-                warn(
-                    f"warning: {os.path.join(self.root, LATEST, str(step))}: damaged checkpoint ({err.reason}); "
-                    f"moved to {moved}, trying the previous one"
-                )
+                manager = self._find(step)
+                path = self._path(manager, step)
+                moved = self._quarantine(manager, step)
+                log.warning("%s: damaged checkpoint (%s); moved to %s, trying the previous one", path, err.reason, moved)
         if steps:
             raise CheckpointError(
-                f"{os.path.join(self.root, LATEST)}: all {len(steps)} checkpoints are damaged (moved to "
+                f"{self.root}: all {len(steps)} checkpoints are damaged (moved to "
                 f"{os.path.join(self.root, DAMAGED)}); move {self.root} away to train from scratch"
             )
         return None
 
-    def _quarantine(self, manager: ocp.CheckpointManager, step: int) -> str:
-        """Move a damaged step folder out of ``manager``'s sight into ``checkpoints/damaged/``."""
-        src = os.path.join(str(manager.directory), str(step))
+    def _move_aside(self, src: str) -> str:
+        """Move the step folder ``src`` into ``checkpoints/damaged/`` (process 0); where it went."""
         dest_dir = os.path.join(self.root, DAMAGED)
-        os.makedirs(dest_dir, exist_ok=True)
-        dest = os.path.join(dest_dir, f"{os.path.basename(str(manager.directory))}-{step}")
-        n = 1
+        parent, name = os.path.split(src)
+        if parent != self.root:  # a folder of the two-folder layout, read where it is
+            name = f"{os.path.basename(parent)}-{name}"
+        dest, n = os.path.join(dest_dir, name), 1
         while os.path.exists(dest):
             n += 1
-            dest = os.path.join(dest_dir, f"{os.path.basename(str(manager.directory))}-{step}.{n}")
-        try:
-            os.rename(src, dest)
-        except OSError:
-            shutil.rmtree(src, ignore_errors=True)
-            dest = "(deleted)"
+            dest = os.path.join(dest_dir, f"{name}.{n}")
+        if parallel.is_main_process():
+            os.makedirs(dest_dir, exist_ok=True)
+            try:
+                os.rename(src, dest)
+            except OSError:
+                shutil.rmtree(src, ignore_errors=True)
+                dest = "(deleted)"
+        return dest
+
+    def _quarantine(self, manager: ocp.CheckpointManager, step: int) -> str:
+        """Move a damaged step folder out of ``manager``'s sight into ``checkpoints/damaged/``."""
+        parallel.sync_processes("checkpoint damaged")  # every process has finished reading it
+        dest = self._move_aside(self._path(manager, step))
+        parallel.sync_processes("checkpoint moved aside")
         manager.reload()
+        self._intact.discard(step)
         return dest
 
     def wait(self) -> None:
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        for manager in self._managers:
+            manager.wait_until_finished()
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        for manager in self._managers:
+            manager.close()
 
     def __enter__(self) -> "CheckpointStore":
         return self

@@ -140,7 +140,7 @@ def _resume(config, workdir, store, state, batches, main):
     metrics.csv rows before it, the run's config.json and output folders:
     ``(state, epoch, iteration, epoch sums, history)``."""
     start_epoch, start_iter, sums, last_row = 0, 0, None, None
-    restored = store.restore_for_resume(state, config.model, warn=log.warning)
+    restored = store.restore_for_resume(state, config.model)
     if restored is not None:
         state, meta = restored
         batches.set_state(meta["iterator"])

@@ -8,7 +8,8 @@ A workdir after training::
                                val_posterior_psnr, val_copy_psnr, seconds, rss_mb)
     DIR/plots/*.png            loss/MSE/KL, schedules, validation PSNR (refreshed every epoch)
     DIR/gifs/epoch_XXX.gif     validation predictions beside ground truth
-    DIR/checkpoints/{latest,best}/<step>/   orbax checkpoints (see checkpoints.py)
+    DIR/checkpoints/<step>/    orbax checkpoints: the last checkpoint.keep and the best (see
+                               checkpoints.py); damaged ones moved to DIR/checkpoints/damaged/
     DIR/.lock, .lock.pid       held while a train.py writes here (and by which process)
 """
 
