@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vp_jax import fileio
+from vp_jax.fileio import json_number, json_numbers
 from vp_jax import metrics as M
 from vp_jax.generation import evaluation_key, make_generate_fn
 
@@ -181,16 +182,6 @@ def _nanmean(x, axis=None):
         return total / count
 
 
-def _floats(values) -> list:
-    """A per-frame curve for JSON: NaN (no score) becomes null."""
-    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]
-
-
-def _scalar(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
 def summarize(scores: dict, moving_threshold: float = M.MOVING_THRESHOLD) -> dict:
     """The ``metrics.json`` numbers from :func:`predict_and_score` outputs.
 
@@ -203,14 +194,14 @@ def summarize(scores: dict, moving_threshold: float = M.MOVING_THRESHOLD) -> dic
 
     def block(p, s, m):
         return {
-            "psnr": _scalar(np.mean(p)), "ssim": _scalar(np.mean(s)), "psnr_moving": _scalar(_nanmean(m)),
-            "psnr_per_frame": _floats(np.mean(p, axis=0)), "ssim_per_frame": _floats(np.mean(s, axis=0)),
-            "psnr_moving_per_frame": _floats(_nanmean(m, axis=0)),
+            "psnr": json_number(np.mean(p)), "ssim": json_number(np.mean(s)), "psnr_moving": json_number(_nanmean(m)),
+            "psnr_per_frame": json_numbers(np.mean(p, axis=0)), "ssim_per_frame": json_numbers(np.mean(s, axis=0)),
+            "psnr_moving_per_frame": json_numbers(_nanmean(m, axis=0)),
         }
 
     summary = block(psnr[0], ssim[0], moving[0])
     summary["moving_threshold"] = float(moving_threshold)
-    summary["moving_fraction"] = _scalar(np.mean(scores["moving_fraction"]))
+    summary["moving_fraction"] = json_number(np.mean(scores["moving_fraction"]))
     summary["baseline_copy_last"] = block(scores["copy_psnr"], scores["copy_ssim"], scores["copy_psnr_moving"])
     summary["num_sequences"] = int(psnr.shape[1])
     summary["num_samples"] = int(psnr.shape[0])
@@ -218,24 +209,24 @@ def summarize(scores: dict, moving_threshold: float = M.MOVING_THRESHOLD) -> dic
         best, mean = {}, {}
         for name, values in (("psnr", psnr), ("ssim", ssim), ("psnr_moving", moving)):
             bm = M.best_and_mean_of_n(values)
-            best[name], mean[name] = _scalar(bm["best"]), _scalar(bm["mean"])
-            best[f"{name}_per_frame"], mean[f"{name}_per_frame"] = _floats(bm["best_curve"]), _floats(bm["mean_curve"])
+            best[name], mean[name] = json_number(bm["best"]), json_number(bm["mean"])
+            best[f"{name}_per_frame"], mean[f"{name}_per_frame"] = json_numbers(bm["best_curve"]), json_numbers(bm["mean_curve"])
         summary["best_of_n"], summary["mean_of_n"] = best, mean
         summary["best_minus_mean_db"] = {
-            k: _scalar(best[k] - mean[k]) if best[k] is not None and mean[k] is not None else None
+            k: json_number(best[k] - mean[k]) if best[k] is not None and mean[k] is not None else None
             for k in ("psnr", "psnr_moving")
         }
     if "shuffled_psnr" in scores:
         summary["shuffled_condition"] = block(scores["shuffled_psnr"], scores["shuffled_ssim"], scores["shuffled_psnr_moving"])
-        summary["action_sensitivity_db"] = _scalar(summary["psnr"] - summary["shuffled_condition"]["psnr"])
+        summary["action_sensitivity_db"] = json_number(summary["psnr"] - summary["shuffled_condition"]["psnr"])
         sh_moving = summary["shuffled_condition"]["psnr_moving"]
         summary["action_sensitivity_moving_db"] = (
-            None if summary["psnr_moving"] is None or sh_moving is None else _scalar(summary["psnr_moving"] - sh_moving)
+            None if summary["psnr_moving"] is None or sh_moving is None else json_number(summary["psnr_moving"] - sh_moving)
         )
     if "post_psnr" in scores:
         summary["posterior"] = block(scores["post_psnr"], scores["post_ssim"], scores["post_psnr_moving"])
-        summary["posterior"]["kl"] = _scalar(np.mean(scores["post_kl"]))  # nats per predicted frame
-        summary["posterior"]["kl_per_frame"] = _floats(np.mean(scores["post_kl"], axis=0))
+        summary["posterior"]["kl"] = json_number(np.mean(scores["post_kl"]))  # nats per predicted frame
+        summary["posterior"]["kl_per_frame"] = json_numbers(np.mean(scores["post_kl"], axis=0))
     return summary
 
 

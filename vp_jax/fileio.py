@@ -9,6 +9,8 @@ import json
 import os
 import tempfile
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ""):
@@ -44,3 +46,14 @@ def write_text(path: str, text: str) -> str:
 
 def write_json(path: str, obj, **dump_kwargs) -> str:
     return write_text(path, json.dumps(obj, **({"indent": 2} | dump_kwargs)))
+
+
+def json_number(value) -> float | None:
+    """A score for JSON: a float, or None (JSON null) for NaN or infinity (no score)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def json_numbers(values) -> list:
+    """A per-frame curve for JSON: floats, None (JSON null) where a frame has no score."""
+    return [json_number(v) for v in np.asarray(values, np.float64)]

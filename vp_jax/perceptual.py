@@ -143,17 +143,17 @@ def summarize_lpips(scores: dict, summary: dict) -> None:
     summary: ``lpips_<net>`` (+ ``_per_frame``) for sample 0, in ``baseline_copy_last``, and with
     more than one sample in ``best_of_n`` (the sample with the lowest mean LPIPS) and ``mean_of_n``."""
     from vp_jax import metrics as M
-    from vp_jax.evaluation import _floats, _scalar
+    from vp_jax.fileio import json_number, json_numbers
 
     for key in sorted(k for k in scores if k.startswith("lpips_")):
         values = np.asarray(scores[key], np.float64)  # [N, S, T]
-        summary[key] = _scalar(values[0].mean())
-        summary[f"{key}_per_frame"] = _floats(values[0].mean(axis=0))
+        summary[key] = json_number(values[0].mean())
+        summary[f"{key}_per_frame"] = json_numbers(values[0].mean(axis=0))
         copy = np.asarray(scores[f"copy_{key}"], np.float64)
-        summary["baseline_copy_last"][key] = _scalar(copy.mean())
-        summary["baseline_copy_last"][f"{key}_per_frame"] = _floats(copy.mean(axis=0))
+        summary["baseline_copy_last"][key] = json_number(copy.mean())
+        summary["baseline_copy_last"][f"{key}_per_frame"] = json_numbers(copy.mean(axis=0))
         if values.shape[0] > 1:
             bm = M.best_and_mean_of_n(values, higher_is_better=False)
-            summary["best_of_n"][key], summary["mean_of_n"][key] = _scalar(bm["best"]), _scalar(bm["mean"])
-            summary["best_of_n"][f"{key}_per_frame"] = _floats(bm["best_curve"])
-            summary["mean_of_n"][f"{key}_per_frame"] = _floats(bm["mean_curve"])
+            summary["best_of_n"][key], summary["mean_of_n"][key] = json_number(bm["best"]), json_number(bm["mean"])
+            summary["best_of_n"][f"{key}_per_frame"] = json_numbers(bm["best_curve"])
+            summary["mean_of_n"][f"{key}_per_frame"] = json_numbers(bm["mean_curve"])

@@ -136,8 +136,7 @@ def _manager(path: str, keep: int, read_only: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         # The last `keep` steps and the one with the best val_psnr; a step without the metric
         # only while among the last `keep`. (max_to_keep stays unset: orbax refuses it beside a
-        # preservation policy.) reverse=False: the highest val_psnr is the best (orbax before
-        # 0.11.18 has no default for it).
+        # preservation policy.) reverse=False: the highest val_psnr is the best.
         preservation_policy=AnyPreservationPolicy([
             LatestN(n=keep),
             BestN(get_metric_fn=_val_psnr, reverse=False, n=1, keep_checkpoints_without_metrics=False),
