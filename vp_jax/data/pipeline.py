@@ -202,10 +202,14 @@ def standardize(cond: np.ndarray, cond_stats: dict | None, out: np.ndarray | Non
     every batch gets it); ``cond`` itself when ``cond_stats`` is None. ``out``: write in place."""
     if cond_stats is None:
         return cond
-    mean = np.asarray(cond_stats["mean"], np.float32)
-    inv_std = np.float32(1.0) / np.asarray(cond_stats["std"], np.float32)
+    mean, inv_std = _mean_and_inverse_std(cond_stats)
     out = np.subtract(cond, mean, out=out, dtype=np.float32)
     return np.multiply(out, inv_std, out=out)
+
+
+def _mean_and_inverse_std(cond_stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    return (np.asarray(cond_stats["mean"], np.float32),
+            np.float32(1.0) / np.asarray(cond_stats["std"], np.float32))
 
 
 class _BatchMaker:
@@ -220,7 +224,7 @@ class _BatchMaker:
         self.source, self.batch_size, self.seq_len, self.seed = source, batch_size, seq_len, int(seed)
         self.shuffle, self.random_offset, self.start, self.pad_last = shuffle, random_offset, start, pad_last
         self.sharding, self.rows = sharding, rows
-        self.cond_stats = cond_stats
+        self.standardizer = None if cond_stats is None else _mean_and_inverse_std(cond_stats)  # once, not per batch
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
 
@@ -238,18 +242,22 @@ class _BatchMaker:
             self._plan = (epoch, order, offsets)
             return order, offsets
 
-    def batch_indices(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sequence ids, window starts, real) of the rows of batch ``position`` this iterator loads."""
+    def batch_indices(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(sequence ids, window starts, real) of the rows of batch ``position`` this iterator
+        loads; ``real`` (True = a real sequence, not padding) only with ``pad_last``."""
         order, offsets = self.epoch_plan(epoch)
         b = self.batch_size
         idx, offs = order[position * b : (position + 1) * b], offsets[position * b : (position + 1) * b]
-        real = np.arange(b) < len(idx)
-        if self.pad_last and len(idx) < b:
-            idx = np.concatenate([idx, np.repeat(idx[-1:], b - len(idx))])
-            offs = np.concatenate([offs, np.repeat(offs[-1:], b - len(offs))])
+        real = None
+        if self.pad_last:
+            real = np.arange(b) < len(idx)
+            if len(idx) < b:
+                idx = np.concatenate([idx, np.repeat(idx[-1:], b - len(idx))])
+                offs = np.concatenate([offs, np.repeat(offs[-1:], b - len(offs))])
         if self.rows is not None:
-            idx, offs, real = idx[self.rows], offs[self.rows], real[self.rows]
-        return idx, offs, real[: len(idx)]
+            idx, offs = idx[self.rows], offs[self.rows]
+            real = None if real is None else real[self.rows]
+        return idx, offs, real
 
     def make_batch(self, epoch: int, position: int) -> dict:
         idx, offs, real = self.batch_indices(epoch, position)
@@ -259,7 +267,10 @@ class _BatchMaker:
         # copy per sequence, faster than numpy's fancy indexing of a memmap.
         for k, (i, o) in enumerate(zip(idx.tolist(), offs.tolist())):
             frames[k], cond[k] = self.source.window(i, o, self.seq_len)
-        standardize(cond, self.cond_stats, out=cond)
+        if self.standardizer is not None:  # standardize(), in place
+            mean, inv_std = self.standardizer
+            cond -= mean
+            cond *= inv_std
         batch = {"frames": frames, "cond": cond}
         if self.pad_last:
             batch["mask"] = real
