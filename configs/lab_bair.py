@@ -51,7 +51,17 @@ def get_config() -> ml_collections.ConfigDict:
     # decoder (channels; 0 = off) and compositing output ('frame' = the lab's sigmoid image).
     c.model.decoder_cond = 0
     c.model.decoder_cond_hidden = 32
+    c.model.field_g = False  # the field reads the predictor's output g_t beside c_t
     c.model.output = "frame"
+    # With 'composite': kernels from the predictor's output move the previous frame (CDNA); 0 = off.
+    c.model.transforms = 0
+    c.model.transform_size = 7
+    # The learned prior sees the condition c_t beside h_{t-1} (SVG's sees h_{t-1} only).
+    c.model.prior_cond = False
+    # The posterior sees a code of the frame pair (x_{t-1}, x_t) beside h_t (SVG's sees h_t).
+    c.model.posterior_frames = False
+    # Initial log-variance of the posterior (0 = the original; negative: its samples start nearly exact).
+    c.model.posterior_logvar_init = 0.0
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "lab"
@@ -63,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.normalize_condition = False
     c.data.skip_bad = False
     c.data.tfds_validate = 256  # tfds: validate = the last 256 of TFDS train (no validation split there)
-    c.data.pushbot = ml_collections.ConfigDict(dict(train=1000, validate=256, test=256, seed=0))
+    c.data.pushbot = ml_collections.ConfigDict(dict(train=1000, validate=256, test=256, seed=0, version=2))
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 12
@@ -93,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.num_val_batches = 0
     c.eval.batch_size = 32
     c.eval.num_samples = 1
+    c.eval.val_samples = 1  # samples per validation sequence: > 1 adds best-of-N and the latent's measures
     c.eval.bn_mode = "inference"
     c.eval.num_gifs = 4
     # psnr_moving scores the pixels whose target differs from the last context frame by more

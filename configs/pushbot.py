@@ -3,8 +3,10 @@
     python train.py --config configs/pushbot.py --workdir runs/pushbot
     python eval.py --workdir runs/pushbot
 
-train.py generates the data (1,000 train / 256 validate / 256 test sequences, ~25 s) into
-data/pushbot on first use, then trains 8 epochs x 50 steps at batch 8.
+train.py generates the data (pushbot version 1: 1,000 train / 256 validate / 256 test
+sequences, ~25 s) into data/pushbot on first use, then trains 8 epochs x 50 steps at batch 8.
+configs/pushbot_chance.py trains the same model on version 2, where chance decides part of the
+scored frames.
 
 Model: the lab's architecture at reduced width (enc_widths 16-32-64-64, g_dim 64, z_dim 8,
 rnn_size 128; about 1.2 M parameters, `python -m vp_jax.summary --config configs/pushbot.py`),
@@ -46,7 +48,7 @@ def get_config():
     c.model.output = "composite"
     c.data.source = "pushbot"
     c.data.root = "data/pushbot"
-    c.data.pushbot = dict(train=1000, validate=256, test=256, seed=0)
+    c.data.pushbot = dict(train=1000, validate=256, test=256, seed=0, version=1)  # the figures above
     c.data.normalize_condition = True
     c.train.batch_size = 8
     c.train.epoch_size = 50

@@ -22,7 +22,7 @@ Measured on a 2-core Intel Xeon CPU (about 200 s an epoch, 29 min in all), test 
 action sensitivity +9.86 dB (+8.16 dB on the moving pixels). The gripper, fingers included, is
 drawn where the truth has it; the arm fades in places and pushed objects blur. The latent is
 still unused: best of 10 minus mean of 10 is +0.004 dB (+0.004 dB on the moving pixels) and the
-KL is ~0.002 nats a frame. How much could it gain? `python benchmarks/latent_bound.py` replays
+KL is ~0.002 nats a frame. How much could it gain? `python benchmarks/latent_bound.py --version 1` replays
 each test sequence's objects with frictions drawn from the generator's prior, under the same
 conditions: 71 % of the test sequences push nothing in frames 2-11; a model exact but for the
 friction gains 1.28 dB best-of-10 over mean-of-10 on the moving pixels, but with this model's

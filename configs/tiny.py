@@ -20,7 +20,7 @@ def get_config():
     c.data.source = "pushbot"
     c.data.root = "data/pushbot_tiny"
     c.data.seq_len = 8
-    c.data.pushbot = dict(train=16, validate=8, test=8, seed=0)
+    c.data.pushbot = dict(train=16, validate=8, test=8, seed=0, version=2)
     c.train.batch_size = 4
     c.train.epoch_size = 3
     c.train.niter = 2

@@ -18,7 +18,7 @@ SEED = 7
 
 def make_pushbot(path: str, seed: int = SEED, counts: dict = COUNTS) -> str:
     """A tiny pushbot set (16 sequences x 30 frames, well under a second)."""
-    pushbot.generate(path, seed=seed, workers=1, **counts)
+    pushbot.generate(path, pushbot.Spec(**counts, seed=seed), workers=1)
     return path
 
 

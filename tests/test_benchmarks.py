@@ -28,6 +28,7 @@ def run_json(*args, timeout=600):
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow  # ~17 s on a 2-core CPU: VP_JAX_SLOW=1
 def test_train_step_benchmark_record(tmp_path):
     out = tmp_path / "runs.jsonl"
     records = run_json(
@@ -58,17 +59,13 @@ def test_torch_reference_counts_the_lab_model():
 
 
 def test_latent_bound_benchmark(capsys):
-    """Best of N minus mean of N is >= 0 and shrinks as the error floor rises; scoring the truth
-    itself as every sample (no hidden friction) gains nothing."""
+    """Best of N minus mean of N is >= 0 and grows as the error floor falls, on both versions."""
     spec = importlib.util.spec_from_file_location("latent_bound", os.path.join(ROOT, "benchmarks", "latent_bound.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--sequences", "12", "--samples", "3", "--floors", "21.8", "30", "inf"])
-    r = json.loads(capsys.readouterr().out)
-    gains = [r["by_floor"][k]["best_minus_mean_moving_db"] for k in ("21.8", "30.0", "inf")]
-    assert 0.0 <= gains[0] <= gains[1] <= gains[2] and gains[2] > 0.0, r
-    assert 0.0 < r["fraction_of_sequences_with_any_difference"] < 1.0
-    target = np.random.default_rng(0).random((4, 8, 8, 3))
-    mask = np.ones((4, 8, 8), bool)
-    psnr = mod.frame_psnr(target, target, mask, 10 ** (-3.0))
-    np.testing.assert_allclose(psnr, 30.0, rtol=1e-9)  # only the floor's error is left
+    for version in (1, 2):
+        mod.main(["--sequences", "12", "--samples", "3", "--floors", "20", "30", "inf", "--version", str(version)])
+        r = json.loads(capsys.readouterr().out)
+        gains = [r["by_floor"][k]["best_minus_mean_moving_db"] for k in ("20.0", "30.0", "inf")]
+        assert 0.0 <= gains[0] <= gains[1] <= gains[2] and gains[2] > 0.0, r
+        assert 0.0 < r["fraction_of_sequences_with_any_difference"] <= 1.0

@@ -59,3 +59,36 @@ def test_derangement_moves_every_sequence(n):
     perm = derangement(n, seed=3)
     assert sorted(perm.tolist()) == list(range(n)) and not np.any(perm == np.arange(n))
     np.testing.assert_array_equal(perm, derangement(n, seed=3))
+
+
+def _replayed_world(n_past=2, t=3, num=4, seed=0):
+    """A sequence whose futures differ only in an 8x8 patch: (frames [1, n_past + t, 16, 16, 3],
+    replays(index, num) as vp_jax.data.pushbot.replay_futures gives them)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (1, n_past + t, 16, 16, 3), dtype=np.uint8)
+    futures = np.repeat(frames[:, n_past:], num, axis=0)  # [num, t, 16, 16, 3]
+    futures[:, :, 4:12, 4:12] = rng.integers(0, 256, (num, t, 8, 8, 3))
+    return frames, lambda index, k: (frames[0], None, futures[:k])
+
+
+def test_latent_scorer_spread_sits_where_the_replays_differ():
+    from vp_jax.evaluation import LatentScorer
+
+    frames, replays = _replayed_world()
+    futures = replays(0, 4)[2]
+    perfect = LatentScorer(2, 0.05, replays)
+    perfect.update(futures[:, None], frames, keep=1)  # samples = the replays: a model that knows chance
+    r = perfect.result()
+    inside = futures[..., 4:12, 4:12, :].astype(np.float32) / 255
+    assert r["spread_uncertain"][0] == pytest.approx(inside.std(0).mean(-1).mean(axis=(1, 2)), rel=1e-5)
+    assert np.all(r["spread_elsewhere"] == 0)  # the samples agree outside the patch
+    err = (futures.astype(np.float64) / 255 - frames[0, 2:] / 255) ** 2
+    np.testing.assert_allclose(r["replay_mse"][:, 0], err.mean(axis=(2, 3)), rtol=1e-5)
+    # A deterministic model: no spread at all.
+    same = LatentScorer(2, 0.05, replays)
+    same.update(np.repeat(frames[None, :, 2:], 4, axis=0), frames, keep=1)
+    assert np.all(same.result()["spread_uncertain"] == 0)
+    # Stored frames that are not the generator's: no replays, every pixel "elsewhere".
+    other = LatentScorer(2, 0.05, replays)
+    other.update(futures[:, None], 255 - frames, keep=1)
+    assert "replay_mse" not in other.result() and np.all(np.isnan(other.result()["spread_uncertain"]))

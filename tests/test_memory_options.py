@@ -126,6 +126,7 @@ def test_grad_accum_with_batchnorm_and_remat_do_what_the_step_says(setup):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="compares the CPU's own code paths with the generic ones")
+@pytest.mark.slow  # ~30 s on a 2-core CPU: VP_JAX_SLOW=1
 def test_generic_code_paths_give_the_cpu_paths_numbers(setup):
     """The CPU-only kernels (hand-written gradients, fusion boundaries) and the full unroll, forced
     off on the CPU (what a GPU runs): the same loss and gradients, on the teacher-forced path

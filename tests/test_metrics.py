@@ -183,3 +183,21 @@ def test_best_and_mean_of_n_skip_frames_without_a_score():
     assert np.isnan(np.asarray(r["mean_per_frame"])[1]).all()
     np.testing.assert_allclose(float(r["best"]), (11 + 30) / 2)
     np.testing.assert_allclose(float(r["mean"]), (11 + 30) / 2)
+
+
+def test_replay_gain_in_closed_form():
+    """Two replays of one frame, one exact and one off by an MSE of m in every channel: best of 2
+    minus mean of 2 is (PSNR(f) - PSNR(m + f)) / 2 at an added floor MSE f; with no floor the exact
+    replay scores the cap."""
+    m = 0.01
+    mse = np.array([[[[0.0, 0.0, 0.0]]], [[[m, m, m]]]])  # [N=2, B=1, T=1, C=3]
+    for floor_db in (20.0, 30.0):
+        f = 10 ** (-floor_db / 10)
+        want = (floor_db - 10 * np.log10(1 / (m + f))) / 2
+        assert metrics.replay_gain(mse, floor_db) == pytest.approx(want, abs=1e-4)
+    assert metrics.replay_gain(mse) == pytest.approx((metrics.PSNR_CAP - 20.0) / 2, abs=1e-3)
+    # The gain shrinks as the floor rises (the model's own error hides what chance changes).
+    assert metrics.replay_gain(mse, 20.0) < metrics.replay_gain(mse, 30.0) < metrics.replay_gain(mse)
+    # Frames without pixels to score (NaN) are left out.
+    two = np.concatenate([mse, np.full_like(mse, np.nan)], axis=2)
+    assert metrics.replay_gain(two, 20.0) == pytest.approx(metrics.replay_gain(mse, 20.0), abs=1e-5)

@@ -344,3 +344,63 @@ def test_condition_field_reaches_the_decoder_output(pathway_model, tiny_config):
 
     lab_params = abstract_variables(model_config(tiny_config))["params"]["decoder"]
     assert "cond_field" not in lab_params and lab_params["upc5_out"]["kernel"].shape[-1] == 3
+
+
+def _transform_naive(frame, kernel):
+    """out[h, w] = sum_ij kernel[i, j] * frame[clip(h + i - r), clip(w + j - r)]: a plain loop."""
+    size, r = kernel.shape[0], kernel.shape[0] // 2
+    h, w, _ = frame.shape
+    out = np.zeros_like(frame)
+    for i in range(size):
+        for j in range(size):
+            rows = np.clip(np.arange(h) + i - r, 0, h - 1)
+            cols = np.clip(np.arange(w) + j - r, 0, w - 1)
+            out += kernel[i, j] * frame[rows][:, cols]
+    return out
+
+
+def test_transform_frames_moves_the_picture_by_the_kernels_offset():
+    from vp_jax.models.vgg64 import transform_frames
+
+    rng = np.random.default_rng(0)
+    frames = rng.random((2, 16, 16, 3)).astype(np.float32)
+    rows, cols = rng.random((2, 3, 5)).astype(np.float32), rng.random((2, 3, 5)).astype(np.float32)
+    out = np.asarray(transform_frames(frames, rows, cols))  # [2, 3, 16, 16, 3]
+    for b in range(2):
+        for k in range(3):
+            np.testing.assert_allclose(out[b, k], _transform_naive(frames[b], np.outer(rows[b, k], cols[b, k])),
+                                       rtol=1e-5, atol=1e-6)
+    # One-hot kernels two taps right of the centre and one below move the picture 2 left, 1 up.
+    one_hot = np.eye(5, dtype=np.float32)
+    moved = np.asarray(transform_frames(frames[:1], one_hot[None, None, 3], one_hot[None, None, 4]))[0, 0]
+    np.testing.assert_array_equal(moved[:-1, :-2], frames[0][1:, 2:])
+
+
+def test_transform_pathway_moves_the_previous_frame_where_the_mask_selects_it(tiny_config):
+    """With the compositor's mask forced onto one moved copy and that kernel forced to a shift, the
+    frame is the previous frame shifted; the kernels are a function of g (where the latent acts)."""
+    from vp_jax.models import init_variables
+
+    cfg = dataclasses.replace(model_config(tiny_config), output="composite", transforms=2, transform_size=3)
+    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    model = ConditionalVAE(cfg)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3))
+    prev = jax.random.uniform(jax.random.PRNGKey(3), (2, 64, 64, 3))
+    (h, skips), _ = model.apply(variables, x, True, method=ConditionalVAE.encode, mutable=["batch_stats"])
+    comp, dec = variables["params"]["compositor"], variables["params"]["decoder"]
+    assert comp["mask"]["kernel"].shape[-1] == 2 + 2  # softmax over [painted, skip frame, 2 moved copies]
+    params = jax.tree.map(lambda a: a, variables["params"])
+    params["compositor"]["mask"] = dict(kernel=jnp.zeros_like(comp["mask"]["kernel"]), bias=jnp.zeros(4).at[3].set(60.0))
+    # kernel 1: rows one-hot at the centre, columns one tap right of it (logits [K, rows/cols, 3])
+    logits = jnp.full((2, 2, 3), -60.0).at[1, 0, 1].set(60.0).at[1, 1, 2].set(60.0)
+    params["decoder"]["kernels"] = dict(kernel=jnp.zeros_like(dec["kernels"]["kernel"]), bias=logits.reshape(-1))
+
+    def decode(g, prev):
+        return model.apply(dict(variables, params=params), g, skips, True, None, prev, method=ConditionalVAE.decode,
+                           mutable=["batch_stats"])[0]
+
+    out = decode(h, prev)
+    np.testing.assert_allclose(out[:, :, :-1], prev[:, :, 1:], atol=1e-5)
+    weights = jax.random.normal(jax.random.PRNGKey(4), dec["kernels"]["kernel"].shape)
+    params["decoder"]["kernels"] = dict(kernel=weights, bias=logits.reshape(-1) * 0)
+    assert float(jnp.max(jnp.abs(decode(h, prev) - decode(-h, prev)))) > 1e-3

@@ -3,7 +3,8 @@ launches them: the numbers of a one-process run, files from process 0 only, chec
 resume on another number of processes, and a prompt stop of every process when one is killed.
 
 The runs are ``train.py --config configs/tiny.py`` started by ``multiprocess_support``; slow tests
-(``-m slow`` or ``VP_JAX_SLOW=1``) cover 4 processes, resuming 2 -> 1 and 1 -> 2, and kill -9.
+(``-m slow`` or ``VP_JAX_SLOW=1``) cover 2 and 4 processes, resuming 2 -> 1 and 1 -> 2, and kill -9
+(a minute or more each on a 2-core CPU; tests/test_parallel.py checks the same sharding in one process).
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ def check_run(num_processes: int, tmp_path, data_root, reference) -> None:
     assert sorted(os.listdir(workdir)) == sorted(os.listdir(reference[0]))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path, data_root, reference):
     """Two processes, each reading half of every batch: the losses of every epoch (to 1e-5), the
     validation metrics and the batches' sequences of the one-process run; only process 0 writes."""

@@ -109,6 +109,7 @@ def _run_cli(script, args, devices: int):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # two subprocess runs of train.py and eval.py: about 90 s on a 2-core CPU
 def test_train_and_eval_commands_on_two_devices_equal_one_device(tmp_path):
     """train.py and eval.py shard by themselves when 2 devices are visible: same metrics.csv
     losses (1e-4 relative), validation PSNR and test metrics as the one-device run."""

@@ -329,6 +329,7 @@ def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how, logged):
 # ----------------------------------------------------------------------------- non-finite losses
 
 
+@pytest.mark.slow  # ~40 s on a 2-core CPU (VP_JAX_SLOW=1); test_step.py checks the skipped updates in process
 def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, reference):
     """lr = 1e30 from the last checkpoint on: the first update is finite (and absurd), every later
     loss is non-finite. Those updates are skipped -- across an epoch end -- until max_nonfinite (5)

@@ -72,7 +72,9 @@ def test_skip_concat_conv_equals_conv_of_concatenation(skip_index):
 # The three skip rules; 'original' with 3 context frames also has a skip frame (x_1) that is not
 # the first, and runs with the decoder's condition field and compositing.
 @pytest.mark.parametrize(
-    "skip_frame,n_past,pathways", [("last_context", 3, False), ("every_step", 2, False), ("original", 3, True)]
+    "skip_frame,n_past,pathways",
+    [pytest.param("last_context", 3, False, marks=pytest.mark.slow), pytest.param("every_step", 2, False, marks=pytest.mark.slow),
+     ("original", 3, True)],  # the other rules: ~35 s each, VP_JAX_SLOW=1
 )
 def test_teacher_forced_rollout_equals_scan_rollout(tiny_config, tiny_variables, fast_jit, skip_frame, n_past, pathways):
     cfg = dataclasses.replace(model_config(tiny_config), skip_frame=skip_frame)
@@ -130,6 +132,7 @@ def test_always_teacher_forced():
     assert not step_lib.always_teacher_forced(run_config(config).train)
 
 
+@pytest.mark.slow  # ~40 s on a 2-core CPU: VP_JAX_SLOW=1
 def test_train_step_same_with_and_without_the_static_fast_path(fast_jit):
     """tfr = 1 via the static path vs via the lax.cond (tfr schedule that could decay later).
     Both steps are compiled without XLA's backend optimisation (same programs; the lax.cond one

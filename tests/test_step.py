@@ -183,8 +183,8 @@ def test_scan_rollout_equals_explicit_loop_with_mixed_teacher_forcing(setup):
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref_grads))
     assert scale > 1e-3
     # float32 summation order (BatchNorm's reductions over B x 64 x 64 pixels, the scan against the
-    # loop) moves gradients by up to ~2e-5 of their largest entry, depending on the CPU
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-5 * scale), grads, ref_grads)
+    # loop) moves gradients by up to ~1e-4 of their largest entry, depending on the CPU
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4 * scale), grads, ref_grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, ref_stats)
 
 

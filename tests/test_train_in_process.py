@@ -30,6 +30,7 @@ class _NoStop:
     requested = False
 
 
+@pytest.mark.slow  # ~25 s on a 2-core CPU: VP_JAX_SLOW=1
 def test_steady_state_steps_make_no_implicit_transfer(config, tmp_path, monkeypatch):
     """After the first epoch has compiled everything, an epoch of steps runs under
     ``jax.transfer_guard('disallow')``: the batch goes to the device explicitly, the step's key is

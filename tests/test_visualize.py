@@ -124,9 +124,13 @@ def test_per_frame_curves_are_the_metrics(tmp_path, figures):
         "model": {"psnr_per_frame": list(model), "ssim_per_frame": list(0.9 - 0.01 * np.arange(t))},
         "baseline_copy_last": {"psnr_per_frame": [None] + list(22 - 0.5 * np.arange(1, t))},
         "best_of_n": {"psnr_per_frame": best},
+        "latent": {"diversity": {"uncertain_per_frame": list(0.01 * np.arange(t)), "elsewhere_per_frame": [None] * t}},
     }
     visualize.plot_per_frame(m, str(tmp_path / "per_frame.png"))
-    psnr, moving, ssim = figures["per_frame.png"]
+    psnr, moving, ssim, spread = figures["per_frame.png"]
+    # The samples' spread per frame: the pixels chance decides; "elsewhere" has no value and no curve.
+    assert list(spread["lines"]) == ["pixels chance decides"]
+    np.testing.assert_allclose(spread["lines"]["pixels chance decides"][1], 0.01 * np.arange(t))
     lines = psnr["lines"]
     assert sorted(lines) == sorted([f"model (mean {model.mean():.3g})", f"best_of_n (mean {model.mean() + 2:.3g})",
                                     f"baseline_copy_last (mean {np.mean(22 - 0.5 * np.arange(1, t)):.3g})"])

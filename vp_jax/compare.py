@@ -40,6 +40,10 @@ BEST_EPOCH_COLUMNS = {
     "val_action_sensitivity_db": "action_sens_db",
     "val_posterior_psnr": "posterior_psnr",
     "val_copy_psnr": "copy_last_psnr",
+    "val_kl": "kl",
+    "val_active_units": "active_units",
+    "val_best_minus_mean_moving_db": "best_minus_mean_moving_db",
+    "val_latent_share": "latent_share",
 }
 
 
@@ -131,29 +135,37 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
     return table
 
 
+#: The panels of the overlay plot: metrics.csv column, y label, whether the y axis is logarithmic.
+PLOT_PANELS = (("val_psnr", "validation PSNR (dB)", False), ("kl", "KL per frame (nats)", True),
+               ("val_best_minus_mean_moving_db", "best of N - mean of N, moving pixels (dB)", False))
+
+
 def plot_val_psnr(runs: list[dict], path: str) -> str:
-    """Overlay the validation PSNR curves (epoch on x) of the runs into one PNG."""
+    """Overlay the runs' curves per epoch into one PNG: validation PSNR, the training KL and, when
+    some run recorded it, the validation best-of-N gain (:data:`PLOT_PANELS`)."""
     from vp_jax.visualize import _save_fig, plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    any_curve = False
-    for r in runs:
-        df = r["metrics"]
-        if "val_psnr" not in df.columns:
-            continue
-        d = df[["epoch", "val_psnr"]].dropna()
-        if len(d):
-            any_curve = True
-            ax.plot(d["epoch"], d["val_psnr"], marker="." if len(d) < 60 else None,
-                    label=f"{r['name']} (best {d['val_psnr'].max():.2f})")
-    if any_curve:
-        ax.legend(loc="best", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no validation PSNR in any run", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation PSNR (dB)")
-    ax.grid(True, alpha=0.3)
-    ax.set_title("validation PSNR")
+    panels = [p for p in PLOT_PANELS if p[0] == "val_psnr" or any(p[0] in r["metrics"].columns for r in runs)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (col, label, log) in zip(axes[0], panels):
+        any_curve = False
+        for r in runs:
+            df = r["metrics"]
+            d = df[["epoch", col]].dropna() if col in df.columns else pd.DataFrame()
+            if len(d):
+                any_curve = True
+                best = f" (best {d[col].max():.2f})" if col == "val_psnr" else ""
+                ax.plot(d["epoch"], d[col], marker="." if len(d) < 60 else None, label=f"{r['name']}{best}")
+        if any_curve:
+            ax.legend(loc="best", fontsize=8)
+            if log and all(d > 0 for r in runs if col in r["metrics"].columns for d in r["metrics"][col].dropna()):
+                ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, f"no {col} in any run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(label.split(" (")[0])
     return _save_fig(fig, path)
 
 

@@ -56,7 +56,13 @@ class ModelConfig:
     # Pathways the lab/SVG model does not have (off by default; see models/condition.py, vgg64.Decoder):
     decoder_cond: int = 0  # channels of the condition field fed to every decoder stage (0 = off)
     decoder_cond_hidden: int = 32  # hidden width of that field's per-pixel MLP
+    field_g: bool = False  # the field reads [c_t, g_t]: the predictor's output (and the latent) too
     output: str = "frame"  # 'frame' (sigmoid image) or 'composite' (mask x painted + (1 - mask) x skip frame)
+    transforms: int = 0  # with 'composite': kernels that move the previous frame into the prediction (0 = off)
+    transform_size: int = 7  # their size (odd): moves of up to transform_size // 2 pixels a frame
+    prior_cond: bool = False  # the learned prior sees [h_{t-1}, c_t] instead of h_{t-1} alone (SVG)
+    posterior_frames: bool = False  # the posterior sees a code of the frame pair (x_{t-1}, x_t) beside h_t
+    posterior_logvar_init: float = 0.0  # initial log-variance of q (< 0: z starts as information, not noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +115,7 @@ class EvalConfig:
     num_val_batches: int = 0
     batch_size: int = 32
     num_samples: int = 1
+    val_samples: int = 1
     bn_mode: str = "inference"
     num_gifs: int = 4
     moving_threshold: float = 0.05
@@ -261,6 +268,16 @@ def _check(config: ml_collections.ConfigDict) -> None:
         )
         _require(m.get("decoder_cond_hidden", 32) >= 1, "model.decoder_cond_hidden", "an integer >= 1",
                  m.get("decoder_cond_hidden"))
+        _require(not m.get("field_g", False) or decoder_cond, "model.field_g", "False unless model.decoder_cond > 0",
+                 m.get("field_g"))
+        transforms = m.get("transforms", 0)
+        _require(transforms >= 0, "model.transforms", "an integer >= 0", transforms)
+        _require(not transforms or m.get("output") == "composite", "model.transforms",
+                 "0 unless model.output = 'composite'", transforms)
+        size = m.get("transform_size", 7)
+        _require(size >= 1 and size % 2 == 1, "model.transform_size", "an odd integer >= 1", size)
+        _require(not m.get("prior_cond", False) or (m.cond_dim > 0 and m.learned_prior), "model.prior_cond",
+                 "False unless the model has a condition (cond_dim > 0) and a learned prior", m.get("prior_cond"))
         _require(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
         _require(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
         _require(
@@ -294,6 +311,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
         _require(e.every_epochs >= 1, "eval.every_epochs", "an integer >= 1", e.every_epochs)
         _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
         _require(e.num_samples >= 1, "eval.num_samples", "an integer >= 1", e.num_samples)
+        _require(e.get("val_samples", 1) >= 1, "eval.val_samples", "an integer >= 1", e.get("val_samples"))
         _require(e.bn_mode in BN_MODES, "eval.bn_mode", f"one of {BN_MODES}", e.bn_mode)
         threshold = e.get("moving_threshold", 0.05)
         _require(0 <= threshold < 1, "eval.moving_threshold", "a number in [0, 1)", threshold)

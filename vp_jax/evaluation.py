@@ -137,9 +137,9 @@ def predict_and_score(
             _, s_psnr, s_ssim, s_moving, _ = score(pred_sh, target, reference)
             add("shuffled_", {"psnr": s_psnr[0], "ssim": s_ssim[0], "psnr_moving": s_moving[0]}, keep)
         if posterior:
-            x_hat, kl = fns["reconstruct"](params, batch_stats, frames_in, cond_in, batch_key)
+            x_hat, kl, kl_dim = fns["reconstruct"](params, batch_stats, frames_in, cond_in, batch_key)
             _, p_psnr, p_ssim, p_moving, _ = score(x_hat[None], target, reference)
-            add("post_", {"psnr": p_psnr[0], "ssim": p_ssim[0], "psnr_moving": p_moving[0], "kl": kl}, keep)
+            add("post_", {"psnr": p_psnr[0], "ssim": p_ssim[0], "psnr_moving": p_moving[0], "kl": kl, "kl_dim": kl_dim}, keep)
         if keep_predictions:
             out.setdefault("pred", []).append(parallel.host_array(pred_u8)[0, :keep])
             out.setdefault("target", []).append(target[:keep])
@@ -149,6 +149,108 @@ def predict_and_score(
     for scorer in extra_scorers:
         out.update(scorer.result())
     return out
+
+
+#: KL (nats, mean over frames and sequences) above which a latent dimension counts as active.
+ACTIVE_UNIT_KL = 0.01
+
+
+def replay_source(run, split: str):
+    """``replays(index, num)`` for :class:`LatentScorer` when the run's data is pushbot (whose
+    generator replays its hidden randomness exactly), else None."""
+    if run.data.source != "pushbot":
+        return None
+    from vp_jax.data import pushbot
+
+    spec = pushbot.Spec(**run.data.pushbot)
+    return lambda index, num: pushbot.replay_futures(spec, split, index, num, run.n_past, run.n_eval)
+
+
+class LatentScorer:
+    """An ``extra_scorers`` entry of :func:`predict_and_score` that measures what the samples do.
+
+    Per sequence and predicted frame: the per-pixel standard deviation across the N samples
+    (mean over channels, pixel values in [0, 1]) averaged inside and outside the *uncertain*
+    pixels -- those where some exact replay of the data's hidden randomness differs from the
+    truth by more than ``threshold`` in any channel. A latent that models the randomness varies
+    there and agrees elsewhere. ``replays(index, num) -> (truth [n_eval, H, W, C], cond, futures
+    [num, T, H, W, C])`` (uint8; e.g. :func:`vp_jax.data.pushbot.replay_futures`) gives them; without
+    it, or when the stored sequence is not the generator's, every pixel counts as "elsewhere".
+    ``result()``: ``spread_uncertain`` / ``spread_elsewhere`` ``[S, T]`` (NaN where there are no
+    such pixels) and, with replays, ``replay_mse`` / ``replay_mse_moving`` ``[N, S, T, C]`` (the
+    per-channel MSE of each replay, over all and over the moving pixels) for :func:`vp_jax.metrics.replay_gain`.
+    """
+
+    def __init__(self, n_past: int, threshold: float, replays=None, keep_samples: int = 0):
+        self.n_past, self.threshold, self.replays, self.keep_samples = n_past, threshold, replays, keep_samples
+        self.parts, self.count = {}, 0
+
+    def update(self, pred_u8, frames, keep: int) -> None:
+        from vp_jax import parallel
+
+        pred_u8 = parallel.host_array(pred_u8)
+        if self.count < self.keep_samples:  # ``samples`` [N, k, T, H, W, C]: the first k sequences
+            self.parts.setdefault("samples", []).append(pred_u8[:, : min(keep, self.keep_samples - self.count)])
+        pred = pred_u8[:, :keep].astype(np.float32) / 255.0  # [N, B, T, H, W, C]
+        target = np.asarray(frames[:keep, self.n_past :], np.float32) / 255.0
+        spread = pred.std(axis=0).mean(axis=-1)  # [B, T, H, W]
+        uncertain = np.zeros(spread.shape, bool)
+        for r in range(keep if self.replays else 0):
+            truth, _, futures = self.replays(self.count + r, pred.shape[0])
+            if not np.array_equal(truth, np.asarray(frames[r, : truth.shape[0]])):
+                self.replays = None  # not the generator's sequences: no replays at all
+                self.parts.pop("replay_mse", None), self.parts.pop("replay_mse_moving", None)
+                uncertain[:] = False
+                break
+            futures = futures.astype(np.float32) / 255.0
+            uncertain[r] = np.any(np.abs(futures - target[r]) > self.threshold, axis=-1).any(axis=0)
+            last = np.asarray(frames[r, self.n_past - 1], np.float32) / 255.0
+            moving = np.any(np.abs(target[r] - last) > self.threshold, axis=-1)[..., None]  # [T, H, W, 1]
+            err = np.square(futures - target[r])  # [N, T, H, W, C]
+            count = moving.sum(axis=(1, 2))  # [T, 1]
+            with np.errstate(invalid="ignore"):
+                moving_mse = np.where(count > 0, (err * moving).sum(axis=(2, 3)) / count, np.nan)
+            self.parts.setdefault("replay_mse", []).append(err.mean(axis=(2, 3))[:, None])
+            self.parts.setdefault("replay_mse_moving", []).append(moving_mse[:, None])
+        with np.errstate(invalid="ignore"):
+            inside = (spread * uncertain).sum(axis=(2, 3)) / uncertain.sum(axis=(2, 3))
+            outside = (spread * ~uncertain).sum(axis=(2, 3)) / (~uncertain).sum(axis=(2, 3))
+        self.parts.setdefault("spread_uncertain", []).append(inside)
+        self.parts.setdefault("spread_elsewhere", []).append(outside)
+        self.count += keep
+
+    def result(self) -> dict:
+        return {k: np.concatenate(v, axis=1 if k.startswith(("replay", "samples")) else 0) for k, v in self.parts.items()}
+
+
+def summarize_latent(scores: dict, summary: dict) -> None:
+    """Add ``summary['latent']``: KL per frame and per dimension (``active_units``: dimensions with
+    a mean KL above :data:`ACTIVE_UNIT_KL`), and with several samples the spread of the samples
+    inside and outside the uncertain pixels and, with replays, the best-of-N minus mean-of-N gain
+    against the gain of exact replays at the model's own floors (its mean-of-N PSNRs)."""
+    latent = {}
+    if "post_kl_dim" in scores:
+        per_dim = np.mean(scores["post_kl_dim"], axis=0)
+        latent.update(kl=summary["posterior"]["kl"], kl_per_frame=summary["posterior"]["kl_per_frame"],
+                      kl_per_dim=json_numbers(per_dim), active_units=int(np.sum(per_dim > ACTIVE_UNIT_KL)))
+    if "spread_elsewhere" in scores:
+        inside, outside = _nanmean(scores["spread_uncertain"]), _nanmean(scores["spread_elsewhere"])
+        latent["diversity"] = {
+            "uncertain": json_number(inside), "elsewhere": json_number(outside),
+            "ratio": json_number(inside / outside) if outside > 0 and np.isfinite(inside) else None,
+            "uncertain_per_frame": json_numbers(_nanmean(scores["spread_uncertain"], axis=0)),
+            "elsewhere_per_frame": json_numbers(_nanmean(scores["spread_elsewhere"], axis=0)),
+        }
+    if "replay_mse" in scores and "best_minus_mean_db" in summary:
+        gain, bound = {}, {}
+        for name, key in (("psnr", "replay_mse"), ("psnr_moving", "replay_mse_moving")):
+            floor = summary["mean_of_n"][name]
+            gain[name] = summary["best_minus_mean_db"][name]
+            bound[name] = json_number(M.replay_gain(scores[key], floor)) if floor is not None else None
+        latent.update(gain_db=gain, bound_db=bound, floor_db={k: summary["mean_of_n"][k] for k in gain},
+                      share_of_bound={k: json_number(gain[k] / bound[k]) if gain[k] is not None and bound[k] else None
+                                      for k in gain})
+    summary["latent"] = latent
 
 
 #: Sequence-samples generated and scored per call when the batch size is not given: memory grows
@@ -243,15 +345,18 @@ class Validator:
     """The per-epoch validation of a training run: the jitted functions are compiled once, then
     ``validator(state, keep) -> (row values, scores)`` scores (part of) the validation split.
 
-    Row values: ``val_psnr`` (the lab metric), ``val_psnr_moving``, ``val_action_sensitivity_db``
+    Row values: ``val_psnr`` (the lab metric, sample 0), ``val_psnr_moving``, ``val_action_sensitivity_db``
     (PSNR with the true minus shuffled conditions), ``val_posterior_psnr`` (teacher-forced
-    reconstruction) and ``val_copy_psnr`` (copying the last context frame), on the same sequences.
+    reconstruction), ``val_copy_psnr`` (copying the last context frame), ``val_kl`` (KL per
+    predicted frame) and ``val_active_units``, on the same sequences; with ``eval.val_samples``
+    N > 1 also ``val_best_minus_mean_moving_db`` and, on pushbot, ``val_latent_share`` (that gain
+    over the bound of exact replays) and ``val_spread_ratio`` (:func:`summarize_latent`).
     ``keep``: predictions of that many sequences are kept in ``scores`` (for GIFs).
     """
 
     def __init__(self, run, source, key, *, cond_stats=None, mesh=None):
         self.run, self.source, self.key, self.cond_stats, self.mesh = run, source, key, cond_stats, mesh
-        self.fns = make_eval_fns(run, num_samples=1, bn_mode=run.eval.bn_mode)
+        self.fns = make_eval_fns(run, num_samples=run.eval.val_samples, bn_mode=run.eval.bn_mode)
 
     def __call__(self, state, keep: int = 0) -> tuple[dict, dict]:
         run, source, e = self.run, self.source, self.run.eval
@@ -262,9 +367,12 @@ class Validator:
             max_batches=e.num_val_batches,
             shuffled_permutation=derangement(n, run.seed) if run.model.cond_dim and n > 1 else None,
             posterior=True, keep_predictions=keep > 0, fns=self.fns, cond_stats=self.cond_stats, mesh=self.mesh,
-            moving_threshold=threshold,
+            moving_threshold=threshold, num_samples=e.val_samples,
+            extra_scorers=(LatentScorer(run.n_past, threshold, replay_source(run, "validate")),) if e.val_samples > 1 else (),
         )
         summary = summarize(scores, threshold)
+        summarize_latent(scores, summary)
+        latent = summary["latent"]
 
         def value(v):
             return float("nan") if v is None else float(v)
@@ -275,7 +383,14 @@ class Validator:
             "val_action_sensitivity_db": value(summary.get("action_sensitivity_db")),
             "val_posterior_psnr": value(summary["posterior"]["psnr"]),
             "val_copy_psnr": value(summary["baseline_copy_last"]["psnr"]),
+            "val_kl": value(latent["kl"]),
+            "val_active_units": value(latent["active_units"]),
         }
+        if e.val_samples > 1:
+            row["val_best_minus_mean_moving_db"] = value(summary["best_minus_mean_db"]["psnr_moving"])
+            if "share_of_bound" in latent:
+                row["val_latent_share"] = value(latent["share_of_bound"]["psnr_moving"])
+                row["val_spread_ratio"] = value(latent["diversity"]["ratio"])
         return row, scores
 
 
@@ -320,9 +435,31 @@ def _table(summary: dict) -> str:
     if "posterior" in summary:
         kl = " ".join(f"{v:.3g}" for v in summary["posterior"]["kl_per_frame"])
         lines.append(f"KL(q || p) per predicted frame (nats): {kl}")
+    lines += _latent_lines(summary.get("latent", {}))
     lines.append(f"moving pixels: {100 * (summary['moving_fraction'] or 0):.1f} % of the predicted frames "
                  f"(|target - last context frame| > {summary['moving_threshold']:g} in any channel)")
     return "\n".join(lines)
+
+
+def _latent_lines(latent: dict) -> list[str]:
+    """What eval.py prints of :func:`summarize_latent`."""
+    lines = []
+    if "active_units" in latent:
+        lines.append(f"latent: {latent['active_units']} of {len(latent['kl_per_dim'])} dimensions active "
+                     f"(mean KL > {ACTIVE_UNIT_KL} nats)")
+    d = latent.get("diversity")
+    if d and d["uncertain"] is not None:
+        ratio = "" if d["ratio"] is None else f" (x{d['ratio']:.1f})"
+        lines.append(f"sample spread: {d['uncertain']:.4f} in the pixels chance decides, {d['elsewhere']:.4f} elsewhere{ratio}")
+    elif d:
+        lines.append(f"sample spread: {d['elsewhere']:.4f} (per-pixel standard deviation across samples)")
+    for name, what in (("psnr_moving", "on moving pixels"), ("psnr", "on whole frames")):
+        gain, bound = latent.get("gain_db", {}).get(name), latent.get("bound_db", {}).get(name)
+        if gain is not None and bound is not None:
+            share = f" ({100 * gain / bound:.0f} %)" if bound > 0 else ""
+            lines.append(f"latent gain: {gain:+.3f} dB of a possible {bound:+.3f} dB {what}{share} "
+                         f"(best of N - mean of N; exact replays at the model's {latent['floor_db'][name]:.2f} dB)")
+    return lines
 
 
 def evaluate_workdir(
@@ -396,6 +533,8 @@ def evaluate_workdir(
 
     cond_stats = condition_stats(open_split(run.data, "train")) if run.data.normalize_condition else None
     threshold = run.eval.moving_threshold
+    if num_samples > 1:
+        extra_scorers.append(LatentScorer(run.n_past, threshold, replay_source(run, split), keep_samples=run.eval.num_gifs))
     scores = predict_and_score(
         run, state.params, state.batch_stats, source, key=key, num_samples=num_samples, bn_mode=bn_mode,
         batch_size=batch_size, cond_stats=cond_stats, keep_predictions=True, progress=True,
@@ -403,6 +542,7 @@ def evaluate_workdir(
         posterior=True, moving_threshold=threshold, extra_scorers=tuple(extra_scorers),
     )
     summary = summarize(scores, threshold)
+    summarize_latent(scores, summary)
     if proto.lpips:
         from vp_jax.perceptual import summarize_lpips
 
@@ -443,6 +583,8 @@ def evaluate_workdir(
     shown = max(1, min(run.eval.num_gifs, len(scores["pred"])))
     visualize.write_strip(scores["pred"][:shown], np.concatenate([scores["context"], scores["target"]], axis=1)[:shown],
                           run.n_past, os.path.join(out_dir, "strip.png"))
+    if "samples" in scores:
+        visualize.write_samples(scores["samples"], scores["context"], scores["target"], run.n_past, out_dir)
     for j in range(min(run.eval.num_gifs, len(scores["pred"]))):
         visualize.write_gif(
             np.concatenate([scores["context"][j], scores["pred"][j]]),
@@ -459,5 +601,6 @@ def evaluate_workdir(
     print("protocol " + protocols.describe(summary["protocol"]))
     if action_fidelity:
         print("\n".join(fidelity.describe(summary["action_fidelity"])))
-    print(f"wrote {out_dir}/metrics.json, predictions.npz, per_frame.png, strip.png, gifs/")
+    samples = ", samples.png, samples.gif" if "samples" in scores else ""
+    print(f"wrote {out_dir}/metrics.json, predictions.npz, per_frame.png, strip.png{samples}, gifs/")
     return summary

@@ -58,14 +58,15 @@ def make_generate_fn(model_cfg: ModelConfig, n_past: int, num_samples: int = 1, 
 
 
 def make_reconstruct_fn(model_cfg: ModelConfig, n_past: int, bn_mode: str = "inference"):
-    """Jitted ``reconstruct(params, batch_stats, frames, cond, key) -> (x_hat, kl)``: the
+    """Jitted ``reconstruct(params, batch_stats, frames, cond, key) -> (x_hat, kl, kl_dim)``: the
     posterior pass, teacher forced (the training rollout with every encoder input the ground
     truth and z_t drawn from q(z_t | x_{<=t})), without updating anything.
 
     ``frames`` ``[B, T, 64, 64, C]``, ``cond`` ``[B, T, cond_dim]``.  Returns float32 ``x_hat``
     ``[B, T - n_past, 64, 64, C]`` (frames n_past .. T-1 as the decoder reconstructs them when
-    the latent sees the target) and ``kl`` ``[B, T - n_past]`` (KL(q || p) of those frames,
-    summed over the latent dimensions).  Beside the prior rollout of :func:`make_generate_fn`
+    the latent sees the target), ``kl`` ``[B, T - n_past]`` (KL(q || p) of those frames,
+    summed over the latent dimensions) and ``kl_dim`` ``[B, z_dim]`` (per dimension, averaged over
+    those frames).  Beside the prior rollout of :func:`make_generate_fn`
     it tells which part is weak: a poor reconstruction is the decoder's (or the data's), a
     good reconstruction with a poor rollout is the prior's, the conditions' or exposure bias.
     """
@@ -77,7 +78,8 @@ def make_reconstruct_fn(model_cfg: ModelConfig, n_past: int, bn_mode: str = "inf
         outputs, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=model_cfg, n_past=n_past,
                              train=bn_mode == "batch_stats")
         x_hat = jnp.swapaxes(outputs["x_hat"][n_past - 1 :], 0, 1)
-        kl = jnp.swapaxes(kl_terms(model_cfg, outputs["q"], outputs["p"])["kl_per_sample"][n_past - 1 :], 0, 1)
-        return x_hat, kl
+        terms = kl_terms(model_cfg, outputs["q"], outputs["p"])
+        kl = jnp.swapaxes(terms["kl_per_sample"][n_past - 1 :], 0, 1)
+        return x_hat, kl, jnp.mean(terms["kl_elementwise"][n_past - 1 :], axis=0)
 
     return jax.jit(reconstruct)

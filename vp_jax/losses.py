@@ -32,7 +32,7 @@ def kl_standard_normal(mu, logvar) -> jax.Array:
 def kl_terms(cfg: ModelConfig, q, p) -> dict:
     """The KL of Gaussians ``q = (mu_q, lv_q)``, ``p = (mu_p, lv_p)`` of shape ``[..., B, z_dim]``
     (e.g. ``[T-1, B, z_dim]``): ``kl`` ``[...]`` (summed over dimensions, averaged over the batch),
-    ``kl_per_sample`` ``[..., B]``, and two ``[..., z_dim]`` batch means of equal value that free
+    ``kl_elementwise`` ``[..., B, z_dim]``, ``kl_per_sample`` ``[..., B]``, and two ``[..., z_dim]`` batch means of equal value that free
     bits need apart: ``kl_per_dim`` with the prior held fixed (``stop_gradient``: the posterior's
     part) and ``kl_prior_per_dim`` with the posterior held fixed (the learned prior's part; zeros
     for the fixed prior)."""
@@ -48,6 +48,7 @@ def kl_terms(cfg: ModelConfig, q, p) -> dict:
     kl_per_sample = jnp.sum(kl, axis=-1)
     return {
         "kl": jnp.sum(kl_per_sample, axis=-1) / kl.shape[-2],
+        "kl_elementwise": kl,
         "kl_per_sample": kl_per_sample,
         "kl_per_dim": jnp.mean(kl_posterior, axis=-2),
         "kl_prior_per_dim": jnp.mean(kl_prior, axis=-2),

@@ -195,3 +195,31 @@ def copy_last_baseline(context_last_frame, T: int):
     """
     x = jnp.asarray(context_last_frame)
     return jnp.broadcast_to(x[..., None, :, :, :], (*x.shape[:-3], T, *x.shape[-3:]))
+
+
+def psnr_from_mse(mse_per_channel, floor_db: float = float("inf")):
+    """``mean_c 10 log10(1 / (MSE_c + 10^(-floor_db/10)))`` over the last axis (channels), data range 1.
+
+    With a finite ``floor_db`` a second, independent error of that PSNR is added to every
+    channel: the score of a prediction that errs as ``mse_per_channel`` says *and* as a model at
+    ``floor_db`` does. NaN MSEs (frames without pixels to score) give NaN.
+    """
+    mse = np.asarray(mse_per_channel, np.float64)
+    floor = 0.0 if np.isinf(floor_db) else 10.0 ** (-float(floor_db) / 10.0)
+    cap = 10.0 ** (-PSNR_CAP / 10.0)
+    with np.errstate(invalid="ignore"):
+        return np.mean(10.0 * np.log10(1.0 / np.maximum(mse + floor, cap)), axis=-1)
+
+
+def replay_gain(replay_mse, floor_db: float = float("inf")) -> float:
+    """Best-of-N minus mean-of-N PSNR (dB) of exact replays of the hidden randomness.
+
+    ``replay_mse [N, B, T, C]``: per-channel MSE of N replays of each sequence (the same context
+    and conditions, the randomness the conditions leave open drawn again) against the truth,
+    NaN for frames without pixels to score. A replay is a model that is exact but for what
+    cannot be known; its best-of-N minus mean-of-N is the most a latent that models that
+    randomness can gain. At a model's own error floor ``floor_db`` (its PSNR) the gain shrinks:
+    scored with :func:`psnr_from_mse` at that floor, as :func:`best_and_mean_of_n` scores samples.
+    """
+    bm = best_and_mean_of_n(psnr_from_mse(replay_mse, floor_db))
+    return float(bm["best"] - bm["mean"])

@@ -206,8 +206,39 @@ def _curves(metrics: dict, metric: str) -> dict:
     return res
 
 
+def _plot_diversity(ax, metrics: dict, n_past: int) -> None:
+    """Per-frame spread of the samples inside and outside the pixels chance decides."""
+    d = metrics.get("latent", {}).get("diversity")
+    if not d:
+        ax.text(0.5, 0.5, "one sample: no spread", ha="center", va="center", transform=ax.transAxes)
+    else:
+        for key, label, style in (("uncertain_per_frame", "pixels chance decides", dict(color="tab:red")),
+                                  ("elsewhere_per_frame", "elsewhere", dict(color="tab:blue", ls="--"))):
+            v = np.array([np.nan if e is None else e for e in d[key]], float)
+            if np.isfinite(v).any():
+                ax.plot(np.arange(n_past, n_past + len(v)), v, marker="o", ms=3, label=label, **style)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("frame index (predicted frames)")
+    ax.set_ylabel("std across samples")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("sample spread per frame")
+
+
+def write_samples(samples, context, target, n_past: int, out_dir: str, shown: int = 4) -> list[str]:
+    """``samples.png`` (sequence 0: the truth above ``shown`` samples) and ``samples.gif`` (one row
+    per kept sequence: truth, then the samples) from ``samples [N, k, T, H, W, C]``,
+    ``context [S, n_past, ...]`` and ``target [S, T, ...]`` uint8."""
+    samples = np.asarray(samples)[:shown]
+    truth = [np.concatenate([context[j], target[j]]) for j in range(samples.shape[1])]
+    videos = [[truth[j]] + [np.concatenate([context[j], s[j]]) for s in samples] for j in range(samples.shape[1])]
+    labels = ["truth"] + [f"sample {i + 1}" for i in range(len(samples))]
+    return [write_labelled_strip(videos[0], labels, n_past, os.path.join(out_dir, "samples.png")),
+            write_labelled_gif(videos, [f"sequence {j}" for j in range(len(videos))], n_past,
+                               os.path.join(out_dir, "samples.gif"), titles=labels)]
+
+
 def plot_per_frame(metrics: dict, path: str, n_past: int | None = None) -> str:
-    """Per-frame PSNR, moving-pixel PSNR and SSIM curves (three panels) written to ``path`` (PNG).
+    """Per-frame PSNR, moving-pixel PSNR, SSIM and the samples' spread (four panels) written to ``path`` (PNG).
 
     ``metrics`` layout (what ``evaluation.py`` writes to ``metrics.json``)::
 
@@ -222,7 +253,8 @@ def plot_per_frame(metrics: dict, path: str, n_past: int | None = None) -> str:
     ``n_past`` argument, else ``metrics["n_past"]``, else 0.
     """
     n_past = int(metrics.get("n_past", 0) if n_past is None else n_past)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
+    _plot_diversity(axes[3], metrics, n_past)
     panels = ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "psnr_moving", "PSNR on moving pixels (dB)"), (axes[2], "ssim", "SSIM"))
     for ax, metric, unit in panels:
         curves = _curves(metrics, metric)

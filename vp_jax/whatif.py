@@ -180,8 +180,8 @@ def pushbot_episode(run, split: str, index: int, frames, cond):
 
     if run.data.source != "pushbot":
         return None, f"data.source is {run.data.source!r}, not 'pushbot'"
-    seed = int(run.data.pushbot["seed"])
-    ep = pushbot.simulate(pushbot.sequence_rng(seed, split, index), len(cond))
+    seed, version = int(run.data.pushbot["seed"]), int(run.data.pushbot.get("version", pushbot.VERSION))
+    ep = pushbot.simulate(pushbot.sequence_rng(seed, split, index), len(cond), version)
     if not np.array_equal(as_stored(np.concatenate([ep.actions, ep.positions], axis=1)), np.asarray(cond)):
         return None, f"the stored sequence is not the generator's sequence {index} of seed {seed}"
     if not np.array_equal(pushbot.render(ep), np.asarray(frames)):

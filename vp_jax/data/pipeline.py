@@ -114,10 +114,9 @@ def open_split(data_cfg, split: str) -> SequenceSource:
     if source not in cache.SOURCES:
         raise DataError(f"config.data.source = {source!r}: expected one of {cache.SOURCES}")
     if source == "pushbot":
-        from vp_jax.data.pushbot import ensure_pushbot
+        from vp_jax.data import pushbot
 
-        pb = data_cfg.pushbot
-        if ensure_pushbot(root, pb["train"], pb["validate"], pb["test"], pb["seed"]):
+        if pushbot.ensure_pushbot(root, pushbot.Spec(**data_cfg.pushbot)):
             log.info("generated pushbot data at %s", root)
 
     path = cache_path(data_cfg, split)

@@ -39,6 +39,7 @@ def main(argv=None) -> None:
     p.add_argument("--validate", type=int, default=256)
     p.add_argument("--test", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", type=int, default=2, help="pushbot: generator version if missing")
     p.add_argument("--verify", metavar="CACHE", help="only verify the checksums of an existing cache")
     args = p.parse_args(argv)
 
@@ -51,9 +52,10 @@ def main(argv=None) -> None:
         p.error(f"required: {' '.join(missing)}")
 
     if args.source == "pushbot":
-        from vp_jax.data.pushbot import ensure_pushbot
+        from vp_jax.data import pushbot
 
-        if ensure_pushbot(args.root, args.train, args.validate, args.test, args.seed, args.frames):
+        spec = pushbot.Spec(args.train, args.validate, args.test, args.seed, args.version, args.frames)
+        if pushbot.ensure_pushbot(args.root, spec.check()):
             print(f"generated pushbot data at {args.root}")
     if not args.force and os.path.isfile(os.path.join(args.out, cache.MANIFEST_FILE)):
         try:

@@ -28,7 +28,7 @@ from flax import linen as nn
 from vp_jax.config import ModelConfig
 from vp_jax.errors import ConfigError, DataError
 from vp_jax.models.lstm import GaussianLSTM, LSTMStack, zero_lstm_state
-from vp_jax.models.vgg64 import Decoder, Encoder
+from vp_jax.models.vgg64 import Compositor, Decoder, Encoder
 
 
 def initial_state(cfg: ModelConfig, batch_size: int) -> dict:
@@ -56,8 +56,12 @@ class ConditionalVAE(nn.Module):
         self.encoder = Encoder(tuple(c.enc_widths), c.g_dim, **bn, return_input=composite)
         self.decoder = Decoder(
             tuple(c.enc_widths), c.channels, **bn, cond_channels=c.decoder_cond, cond_hidden=c.decoder_cond_hidden,
-            composite=composite,
+            composite=composite, transforms=c.transforms, kernel_size=c.transform_size, field_g=c.field_g,
         )
+        if c.transforms:
+            self.compositor = Compositor(c.transforms)
+        if c.posterior_frames:
+            self.motion_encoder = MotionEncoder(c.g_dim)
         self.frame_predictor = LSTMStack(
             c.rnn_size,
             c.predictor_layers,
@@ -68,7 +72,8 @@ class ConditionalVAE(nn.Module):
             bn_momentum=c.bn_momentum,
             bn_eps=c.bn_eps,
         )
-        self.posterior = GaussianLSTM(c.rnn_size, c.posterior_layers, c.torch_lstm_biases, dtype, z_dim=c.z_dim)
+        self.posterior = GaussianLSTM(c.rnn_size, c.posterior_layers, c.torch_lstm_biases, dtype, z_dim=c.z_dim,
+                                      logvar_init=c.posterior_logvar_init)
         if c.learned_prior:
             self.prior = GaussianLSTM(c.rnn_size, c.prior_layers, c.torch_lstm_biases, dtype, z_dim=c.z_dim)
 
@@ -80,20 +85,27 @@ class ConditionalVAE(nn.Module):
         """
         return self.encoder(x, train=train, time_axis=time_axis)
 
-    def decode(self, g: jax.Array, skips, train: bool, cond: jax.Array | None = None):
+    def decode(self, g: jax.Array, skips, train: bool, cond: jax.Array | None = None, prev: jax.Array | None = None):
         """``g`` ``[B, g_dim]``, skips of one encoder pass, the frame's condition ``cond``
-        ``[B, cond_dim]`` (read only with ``cfg.decoder_cond``) -> frame ``[B, 64, 64, C]`` float32 in (0, 1)."""
-        return self.decoder(g, skips, train=train, cond=self._decoder_cond(cond))
+        ``[B, cond_dim]`` (read only with ``cfg.decoder_cond``) and the frame before ``prev``
+        ``[B, 64, 64, C]`` (read only with ``cfg.transforms``) -> frame ``[B, 64, 64, C]`` float32 in (0, 1)."""
+        out = self.decoder(g, skips, train=train, cond=self._decoder_cond(cond))
+        return self.compose(out, prev) if self.cfg.transforms else out
 
     def decode_steps(self, g: jax.Array, skips, skip_index, train: bool, cond: jax.Array | None = None):
         """All steps at once: ``g`` ``[T, B, g_dim]`` (time-major), skips ``[U, B, H, W, C]`` of
         the U distinct skip frames, ``skip_index`` (static, T entries), ``cond`` ``[T, B, cond_dim]``
-        -> ``[T, B, 64, 64, C]``.
+        -> ``[T, B, 64, 64, C]``; with ``cfg.transforms`` the decoder's parts for :meth:`compose`
+        instead (which needs each step's previous frame).
 
         BatchNorm statistics per time step, running statistics updated in time order: the same
         as T calls of :meth:`decode`.
         """
         return self.decoder(g, skips, train=train, time_axis=0, skip_index=tuple(skip_index), cond=self._decoder_cond(cond))
+
+    def compose(self, parts: dict, prev: jax.Array):
+        """The frame from the decoder's parts and the previous frame (:class:`~vp_jax.models.vgg64.Compositor`)."""
+        return self.compositor(parts, prev)
 
     def _decoder_cond(self, cond):
         return cond.astype(jnp.float32) if self.cfg.decoder_cond else None
@@ -108,17 +120,27 @@ class ConditionalVAE(nn.Module):
             parts.append(cond.astype(jnp.float32))
         return self.frame_predictor(state, jnp.concatenate(parts, axis=-1), train=train)
 
+    def posterior_input(self, h_target: jax.Array, x_prev: jax.Array, x_target: jax.Array) -> jax.Array:
+        """What the posterior sees of step t: ``h_t`` (SVG), and with ``cfg.posterior_frames`` beside
+        it a code of the frame pair ``(x_{t-1}, x_t)`` [..., 64, 64, C] (:class:`MotionEncoder`)."""
+        if not self.cfg.posterior_frames:
+            return h_target
+        return jnp.concatenate([h_target.astype(jnp.float32), self.motion_encoder(x_prev, x_target)], axis=-1)
+
     def infer_posterior(self, state, h_target: jax.Array, key: jax.Array | None):
         """q(z_t | x_{<=t}) on the ground-truth encoding ``h_t``: -> (state, z, mu, logvar) ``[B, z_dim]``."""
         return self.posterior(state, h_target.astype(jnp.float32), key)
 
-    def infer_prior(self, state, h_prev: jax.Array, key: jax.Array | None):
-        """p(z_t | x_{<t}) on ``h_{t-1}``: -> (state, z, mu, logvar).
+    def infer_prior(self, state, h_prev: jax.Array, key: jax.Array | None, cond: jax.Array | None = None):
+        """p(z_t | x_{<t}) on ``h_{t-1}`` (and ``c_t`` with ``cfg.prior_cond``): -> (state, z, mu, logvar).
 
         Fixed prior: mu = logvar = 0, z ~ N(0, I) from ``key`` (None without a key), state unchanged.
         """
         if self.cfg.learned_prior:
-            return self.prior(state, h_prev.astype(jnp.float32), key)
+            h = h_prev.astype(jnp.float32)
+            if self.cfg.prior_cond:
+                h = jnp.concatenate([h, cond.astype(jnp.float32)], axis=-1)
+            return self.prior(state, h, key)
         shape = h_prev.shape[:-1] + (self.cfg.z_dim,)
         zeros = jnp.zeros(shape, jnp.float32)
         z = None if key is None else jax.random.normal(key, shape, jnp.float32)
@@ -132,10 +154,28 @@ class ConditionalVAE(nn.Module):
         state = initial_state(self.cfg, x_prev.shape[0])
         h_prev, skips = self.encode(x_prev, train)
         h_target, _ = self.encode(x_target, train)
-        _, z, _, _ = self.infer_posterior(state["posterior"], h_target, key)
-        self.infer_prior(state["prior"], h_prev, None)
+        _, z, _, _ = self.infer_posterior(state["posterior"], self.posterior_input(h_target, x_prev, x_target), key)
+        self.infer_prior(state["prior"], h_prev, None, cond)
         _, g = self.predict(state["predictor"], h_prev, z, cond, train)
-        return self.decode(g, skips, train, cond)
+        return self.decode(g, skips, train, cond, x_prev)
+
+
+class MotionEncoder(nn.Module):
+    """A code ``[..., features]`` of what changed from ``x_prev`` to ``x_next`` ``[..., 64, 64, C]``:
+    four stride-2 convolutions of the pair and of its difference, then a linear layer (the
+    inference network of SAVP, Lee et al. 2018, sees frame pairs the same way)."""
+
+    features: int = 64
+
+    @nn.compact
+    def __call__(self, x_prev: jax.Array, x_next: jax.Array) -> jax.Array:
+        x_prev, x_next = x_prev.astype(jnp.float32), x_next.astype(jnp.float32)
+        x = jnp.concatenate([x_prev, x_next, x_next - x_prev], axis=-1)
+        lead = x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:])
+        for i, width in enumerate((16, 32, 64, 64)):
+            x = nn.leaky_relu(nn.Conv(width, (4, 4), strides=2, padding=((1, 1), (1, 1)), name=f"conv{i}")(x), 0.2)
+        return jnp.tanh(nn.Dense(self.features, name="out")(x.reshape(x.shape[0], -1))).reshape(lead + (self.features,))
 
 
 def _dummy_inputs(cfg: ModelConfig, batch_size: int = 1):

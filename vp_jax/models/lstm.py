@@ -101,6 +101,7 @@ class GaussianLSTM(_Recurrent):
     """Posterior / learned prior: embed -> cells -> ``Linear`` heads for mu and log sigma^2."""
 
     z_dim: int = 64
+    logvar_init: float = 0.0  # bias of the log-variance head at initialisation (0: the original's)
 
     @nn.compact
     def __call__(self, state: LSTMState, x: jax.Array, key: jax.Array | None = None):
@@ -112,6 +113,7 @@ class GaussianLSTM(_Recurrent):
         state, top = self.trunk(state, x)
         head = dict(kernel_init=weight_init, bias_init=bias_init, dtype=self.dtype)
         mu = nn.Dense(self.z_dim, name="mu", **head)(top).astype(jnp.float32)
-        logvar = nn.Dense(self.z_dim, name="logvar", **head)(top).astype(jnp.float32)
+        lv_head = dict(head, bias_init=nn.initializers.constant(self.logvar_init))
+        logvar = nn.Dense(self.z_dim, name="logvar", **lv_head)(top).astype(jnp.float32)
         z = None if key is None else reparameterize(key, mu, logvar)
         return state, z, mu, logvar

@@ -15,14 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vp_jax.models.condition import ConditionField
-from vp_jax.models.layers import (
-    SAME_3X3,
-    BatchNorm,
-    Conv,
-    Dtype,
-    VGGLayer,
-    gather_steps,
-)
+from vp_jax.models.layers import SAME_3X3, BatchNorm, Conv, Dtype, VGGLayer, gather_steps, weight_init
 from vp_jax.models.kernels import pool_2x2, upsample_2x
 
 #: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
@@ -93,6 +86,11 @@ class Decoder(nn.Module):
       last conv gives one more channel, a mask logit m, and the output is
       ``sigmoid(m) * rgb + (1 - sigmoid(m)) * skips[0]``: the decoder paints only what changes
       and copies the rest from the frame whose skips it has (as CDNA/SAVP's compositing).
+      With ``field_g`` the field reads ``[cond, g]``: what the predictor (and through it the
+      latent) says reaches every pixel too, so it can place what the condition does not.
+    * ``transforms`` = K > 0 (with ``composite``): K normalised separable ``kernel_size``² kernels,
+      a linear function of ``g``, and mask features: the :class:`Compositor` makes the frame from them and
+      the previous frame.
     """
 
     widths: Sequence[int] = (64, 128, 256, 512)
@@ -103,13 +101,19 @@ class Decoder(nn.Module):
     cond_channels: int = 0
     cond_hidden: int = 32
     composite: bool = False
+    transforms: int = 0
+    kernel_size: int = 7
+    field_g: bool = False
 
     @nn.compact
     def __call__(
         self, g: jax.Array, skips: Sequence[jax.Array], *, train: bool, time_axis="auto", skip_index=None, cond=None
     ):
         """``g``: ``[B, g_dim]`` or ``[B, T, g_dim]``; returns float32 ``[B, (T,) 64, 64, channels]``.
-        ``cond``: ``g``'s leading shape + ``[cond_dim]`` (only with ``cond_channels``).
+        ``cond``: ``g``'s leading shape + ``[cond_dim]`` (only with ``cond_channels``). With
+        ``transforms`` the parts for the :class:`Compositor`: ``painted``, ``reference`` (the skip
+        frame), ``features`` (``[..., 64, 64, MASK_FEATURES]``), ``rows`` and ``cols`` (``[..., K, k]``:
+        separable kernels, :func:`transform_frames`).
 
         Time-major steps with shared skips: ``g`` ``[T, B, g_dim]`` with ``time_axis=0``, skips
         ``[U, B, H, W, C]`` and ``skip_index`` a static tuple of T entries (step t uses skip
@@ -129,6 +133,7 @@ class Decoder(nn.Module):
             if cond is None:
                 raise ValueError("Decoder: cond_channels > 0 needs the condition (cond)")
             field = ConditionField(self.cond_channels, self.cond_hidden, name="cond_field")
+            field_input = jnp.concatenate([cond, g.astype(jnp.float32)], axis=-1) if self.field_g else cond
         w1, w2, w3, w4 = self.widths
         bn = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
         x = g.reshape(g.shape[:-1] + (1, 1, g.shape[-1]))
@@ -143,7 +148,7 @@ class Decoder(nn.Module):
         for stage, (skip, outs) in enumerate(zip(reversed(skips), stage_widths)):
             x = upsample_2x(x)
             if field is not None and x.shape[-2] <= FIELD_MAX_SIZE:
-                x = jnp.concatenate([x, field(cond, x.shape[-2]).astype(x.dtype)], axis=-1)
+                x = jnp.concatenate([x, field(field_input, x.shape[-2]).astype(x.dtype)], axis=-1)
             # concat([x, skip]) feeds the first vgg_layer; SkipConcatConv never builds it.
             for i, width in enumerate(outs):
                 x = VGGLayer(width, **bn, name=f"upc{stage + 2}_{i}")(
@@ -153,9 +158,78 @@ class Decoder(nn.Module):
                     skip=skip if i == 0 else None,
                     skip_index=skip_index if i == 0 else None,
                 )
-        out = self.channels + (1 if self.composite else 0)
-        x = Conv(out, (3, 3), SAME_3X3, self.dtype, name="upc5_out")(x).astype(jnp.float32)  # = ConvTranspose SAME
+        extra = MASK_FEATURES if self.transforms else 1 if self.composite else 0
+        x = Conv(self.channels + extra, (3, 3), SAME_3X3, self.dtype, name="upc5_out")(x).astype(jnp.float32)  # = ConvTranspose SAME
+        rgb = nn.sigmoid(x[..., : self.channels])
         if not self.composite:
-            return nn.sigmoid(x)
-        mask = nn.sigmoid(x[..., self.channels :])
-        return mask * nn.sigmoid(x[..., : self.channels]) + (1.0 - mask) * reference
+            return rgb
+        if not self.transforms:
+            mask = nn.sigmoid(x[..., self.channels :])
+            return mask * rgb + (1.0 - mask) * reference
+        k = self.kernel_size
+        logits = nn.Dense(self.transforms * 2 * k, kernel_init=weight_init, bias_init=_identity_bias(2 * self.transforms, k),
+                          name="kernels")(g.astype(jnp.float32))
+        kernels = nn.softmax(logits.reshape(g.shape[:-1] + (self.transforms, 2, k)), axis=-1)
+        return {"painted": rgb, "reference": reference, "features": x[..., self.channels :],
+                "rows": kernels[..., 0, :], "cols": kernels[..., 1, :]}
+
+
+#: Channels of the decoder's last convolution that feed the :class:`Compositor`'s mask.
+MASK_FEATURES = 8
+
+
+class Compositor(nn.Module):
+    """The frame from the decoder's parts and the previous frame ``prev`` (with ``transforms``).
+
+    ``prev`` is moved by each of the K kernels (:func:`transform_frames`); a small convolutional
+    head on ``[decoder features, prev]`` gives a softmax mask over [painted, skip frame, K moved
+    copies of prev], and the frame is their mix. The head sees ``prev`` itself, so it finds the
+    things to move where they are now; the kernels come from ``g``, so the latent can say how
+    they move (CDNA, Finn et al. 2016). ``prev`` is the model's own previous prediction after the
+    context, in training as in generation (:func:`vp_jax.models.rollout.previous_frame`): moved
+    pixels keep their look because the model learns to move what it drew.
+    """
+
+    transforms: int = 4
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, parts: dict, prev: jax.Array) -> jax.Array:
+        prev = prev.astype(jnp.float32)
+        x = jnp.concatenate([parts["features"], prev], axis=-1)
+        x = nn.relu(Conv(self.hidden, (3, 3), SAME_3X3, jnp.float32, name="mask_hidden")(x))
+        mask = nn.softmax(Conv(2 + self.transforms, (3, 3), SAME_3X3, jnp.float32, name="mask")(x), axis=-1)
+        moved = transform_frames(prev, parts["rows"], parts["cols"])  # [..., K, H, W, C]
+        images = jnp.concatenate([parts["painted"][..., None, :, :, :], parts["reference"][..., None, :, :, :], moved],
+                                 axis=-4)
+        return jnp.einsum("...mhwc,...hwm->...hwc", images, mask)
+
+
+def _identity_bias(num: int, size: int):
+    """Logits of ``num`` 1-D kernels that start near the identity (the centre tap ~e^3 times the others)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.tile(jnp.zeros((size,), dtype).at[size // 2].set(3.0), num)
+
+    return init
+
+
+def transform_frames(frames: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """``frames [..., H, W, C]`` moved by K separable kernels ``rows[..., K, :] (x) cols[..., K, :]``
+    (each of odd size k) -> ``[..., K, H, W, C]``.
+
+    ``out[k, h, w] = sum_{i,j} rows[k, i] cols[k, j] frames[h + i - k//2, w + j - k//2]`` (edge pixels
+    repeated outside the frame): weight at offset (i, j) from the centre moves the picture by
+    (-i, -j) pixels. A one-hot pair is a pure translation, a spread one a blur; separable, the
+    kernel costs 2k shifted copies of the frame instead of k².
+    """
+    size = rows.shape[-1]
+    r = size // 2
+    h, w = frames.shape[-3:-1]
+    lead = [(0, 0)] * (frames.ndim - 3)
+    padded = jnp.pad(frames, lead + [(0, 0), (r, r), (0, 0)], mode="edge")
+    across = jnp.stack([padded[..., :, j : j + w, :] for j in range(size)], axis=-4)  # [..., k, H, W, C]
+    moved = jnp.einsum("...jhwc,...kj->...khwc", across, cols)  # [..., K, H, W, C]
+    padded = jnp.pad(moved, lead + [(0, 0), (r, r), (0, 0), (0, 0)], mode="edge")
+    down = jnp.stack([padded[..., i : i + h, :, :] for i in range(size)], axis=-4)  # [..., K, k, H, W, C]
+    return jnp.einsum("...kihwc,...ki->...khwc", down, rows)

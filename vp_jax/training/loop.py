@@ -245,7 +245,10 @@ def _epoch_line(epoch: int, row: dict) -> str:
     val = "" if math.isnan(row["val_psnr"]) else (
         f"  val_psnr {row['val_psnr']:.2f} dB (moving {row['val_psnr_moving']:.2f}, copy-last "
         f"{row['val_copy_psnr']:.2f}, posterior {row['val_posterior_psnr']:.2f}, action sensitivity "
-        f"{row['val_action_sensitivity_db']:+.2f})"
+        f"{row['val_action_sensitivity_db']:+.2f}, {row['val_active_units']:.0f} active latent dims"
+        + (f", latent gain {row['val_best_minus_mean_moving_db']:+.2f} dB" if "val_best_minus_mean_moving_db" in row else "")
+        + (f" = {100 * row['val_latent_share']:.0f} % of the bound" if math.isfinite(row.get("val_latent_share", math.nan)) else "")
+        + ")"
     )
     return (f"epoch {epoch + 1}: loss {row['loss']:.4f}  mse {row['mse']:.5f}  kl {row['kl']:.3f}  "
             f"beta {row['beta']:.3g}  tfr {row['tfr']:.2f}{val}  ({row['seconds']:.0f} s)")

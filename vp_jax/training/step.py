@@ -126,15 +126,9 @@ def make_train_step(run: RunConfig, unroll=None):
             return new_batch_stats, grads, metrics
 
         def batch_grads(batch_stats, frames, cond, mask, loss_key):
-            if teacher_forced_only:
-                return loss_and_grad(batch_stats, frames, cond, None, loss_key)
-            # An iteration whose encoder inputs are all ground truth takes the cheaper path (same
-            # numbers); the cond wraps the whole loss-and-gradient, so neither branch has to keep
-            # the other's intermediate values for the backward pass.
-            return jax.lax.cond(
-                jnp.all(mask), lambda: loss_and_grad(batch_stats, frames, cond, None, loss_key),
-                lambda: loss_and_grad(batch_stats, frames, cond, mask, loss_key),
-            )
+            # The masked rollout gives the teacher-forced path's numbers when every input is the
+            # ground truth; branching to that path (lax.cond) cost more on a CPU than it saved.
+            return loss_and_grad(batch_stats, frames, cond, None if teacher_forced_only else mask, loss_key)
 
         if accum == 1:
             new_batch_stats, grads, metrics = batch_grads(state.batch_stats, frames, cond, tf_mask, loss_key)
