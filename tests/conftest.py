@@ -13,8 +13,16 @@ import pytest
 from vp_jax.config import load_config_file, model_config, validate
 from vp_jax.models.cvae import init_variables
 
+# The files that take longest (minutes on a 2-core CPU) run first, so that pytest-xdist's
+# workers (``--dist loadfile``) finish together instead of one waiting for the other's last file.
+LONGEST_FIRST = ("test_reliability.py", "test_step.py", "test_coin_flip.py", "test_cli.py", "test_bad_inputs.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` run only with ``VP_JAX_SLOW=1`` or when ``-m`` selects them."""
+    """Longest files first (:data:`LONGEST_FIRST`); tests marked ``slow`` run only with
+    ``VP_JAX_SLOW=1`` or when ``-m`` selects them."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if os.environ.get("VP_JAX_SLOW") or "slow" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="slow: run with VP_JAX_SLOW=1 or -m slow")

@@ -11,6 +11,7 @@ generation) makes it fail.
 
 import jax
 import numpy as np
+import pytest
 
 from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, SequenceSource, condition_stats
@@ -77,6 +78,7 @@ def train_and_score(config, steps: int, seed: int = 0) -> dict:
     return summarize(scores)
 
 
+@pytest.mark.slow  # ~75 s on a 2-core CPU (VP_JAX_SLOW=1); tests/test_coin_flip.py trains end to end in CI
 def test_true_conditions_reconstruct_the_square_and_shuffled_ones_do_not(tiny_config):
     s = train_and_score(oracle_config(tiny_config), steps=120)
     copy = s["baseline_copy_last"]
