@@ -15,7 +15,8 @@ from vp_jax.models.cvae import init_variables
 
 # The files that take longest (minutes on a 2-core CPU) run first, so that pytest-xdist's
 # workers (``--dist loadfile``) finish together instead of one waiting for the other's last file.
-LONGEST_FIRST = ("test_reliability.py", "test_step.py", "test_coin_flip.py", "test_cli.py", "test_bad_inputs.py")
+LONGEST_FIRST = ("test_reliability.py", "test_step.py", "test_coin_flip.py", "test_cli.py", "test_bad_inputs.py",
+                 "test_speed.py", "test_generation.py", "test_models.py", "test_checkpoints.py", "test_whatif.py")
 
 
 def pytest_collection_modifyitems(config, items):
