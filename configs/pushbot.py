@@ -24,12 +24,12 @@ Measured (the README's quickstart command on a fresh copy, 2-core Intel Xeon CPU
 including the install; 1.0 s per step), test split, 256 sequences, `eval.py` defaults:
 
                               PSNR (dB)  SSIM   PSNR moving (dB)
-    model                        26.16   0.872   17.97
+    model                        26.17   0.872   17.93
     copy last context frame      20.22   0.788   11.45
-    shuffled conditions          20.93   0.769   13.83
-    posterior (teacher forced)   26.34   0.877   18.10
+    shuffled conditions          21.00   0.770   13.82
+    posterior (teacher forced)   26.26   0.874   18.00
 
-action sensitivity +5.23 dB (+4.13 dB on the moving pixels); the KL is ~1e-5 nats per frame: this
+action sensitivity +5.17 dB (+4.11 dB on the moving pixels); the KL is ~1e-5 nats per frame: this
 short run leaves the latent unused. The gripper follows the conditions but is drawn blurred.
 """
 
