@@ -11,14 +11,15 @@ for a named protocol) and prints a table. metrics.json holds the protocol card. 
 pip install -e ".[metrics]".
 """
 
+import dataclasses
 import os
 import sys
 
 from absl import app, flags
 
 from vp_jax.config import cli_flags_parser
-from vp_jax import cli
 from vp_jax.errors import cli_main
+from vp_jax.tools import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
@@ -28,7 +29,7 @@ flags.DEFINE_enum("bn_mode", None, ["inference", "batch_stats"], "BatchNorm mode
 flags.DEFINE_string("data_root", None, "Override config.data.root (data moved since training).")
 flags.DEFINE_enum("protocol", "custom", ["lab", "svg", "bair-1to15", "custom"],
                   "A named protocol, or custom: the config's settings and the flags below (docs/metrics.md).")
-flags.DEFINE_integer("n_future", None, "custom: frames to predict (default: the config's n_eval - n_past).")
+flags.DEFINE_integer("predict_frames", None, "custom: frames to predict (default: the config's n_eval - n_past).")
 flags.DEFINE_list("lpips", None, "custom: LPIPS networks to score with, e.g. alex or alex,vgg.")
 flags.DEFINE_boolean("fvd", None, "custom: compute FVD (I3D features of real and predicted clips).")
 flags.DEFINE_boolean("fvd_context", None, "custom: include the context frames in every FVD clip (default true).")
@@ -49,15 +50,11 @@ def main(argv):
     from vp_jax.config import load_workdir_config
 
     load_workdir_config(FLAGS.workdir, FLAGS.data_root)  # a missing or bad workdir: one line, before JAX loads
-    from vp_jax.evaluation import evaluate_workdir
+    from vp_jax.evaluation.evaluate import EvalOptions, evaluate_workdir
 
-    passed_on = ("checkpoint", "split", "num_samples", "bn_mode", "data_root", "protocol", "n_future", "fvd",
-                 "fvd_context", "fvd_repeats", "num_sequences", "fvd_batch_size", "batch_size", "action_fidelity")
-    evaluate_workdir(
-        FLAGS.workdir,
-        lpips=tuple(FLAGS.lpips) if FLAGS.lpips is not None else None,
-        **{name: FLAGS[name].value for name in passed_on},
-    )
+    options = {f.name: FLAGS[f.name].value for f in dataclasses.fields(EvalOptions)}
+    options["lpips"] = tuple(FLAGS.lpips) if FLAGS.lpips is not None else None
+    evaluate_workdir(FLAGS.workdir, EvalOptions(**options))
 
 
 if __name__ == "__main__":

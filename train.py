@@ -14,8 +14,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vp_jax.config import cli_flags_parser
-from vp_jax import cli
 from vp_jax.errors import ConfigError, cli_main
+from vp_jax.tools import cli
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, plots and GIFs.")
@@ -35,8 +35,8 @@ def main(argv):
             raise ConfigError(f"--config is required: {saved} does not exist (a new run needs a config)")
         config = load_config_json(saved)
     run = run_config(config)  # a bad field: one line, before JAX and the training code load
-    from vp_jax import parallel
-    from vp_jax.training.loop import train_and_evaluate
+    from vp_jax import train_and_evaluate
+    from vp_jax.runtime import parallel
 
     parallel.initialize_distributed(run.config)  # config.parallel.distributed: multi-host, before JAX starts
     with parallel.stop_together():  # several processes: one fails -> all stop, one line each

@@ -37,8 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from vp_jax import fvd as F  # noqa: E402
 from vp_jax.data import pushbot as pb  # noqa: E402
+from vp_jax.evaluation import fvd as F  # noqa: E402
 
 
 def blur(clips, radius: float):

@@ -11,7 +11,7 @@ protocol. On a CPU use fewer samples/sequences; the rate scales about linearly::
     python benchmarks/generate.py --n-eval 30                               # the paper's 28 frames
 
 Parameters are freshly initialised (speed does not depend on their values). With several
-devices the batch is sharded over all of them (vp_jax.parallel).
+devices the batch is sharded over all of them (vp_jax.runtime.parallel).
 
 ``gflop_per_batch`` is XLA's ``cost_analysis()``, which counts the body of a ``lax.scan`` (a
 while loop) **once**, not once per frame: here it undercounts by about the number of predicted
@@ -51,21 +51,21 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if not args.no_xla_flags:
-        from vp_jax.xla_flags import configure_xla_flags
+        from vp_jax.runtime.xla_flags import configure_xla_flags
 
         configure_xla_flags()
     if not args.no_malloc_tuning:
-        from vp_jax.host_memory import configure_malloc
+        from vp_jax.runtime.host_memory import configure_malloc
 
         configure_malloc()
     load_before = os.getloadavg()[0]
     import jax
     import numpy as np
 
-    from vp_jax import parallel
     from vp_jax.config import load_config_file, run_config
-    from vp_jax.generation import make_generate_fn
-    from vp_jax.training.state import create_train_state
+    from vp_jax.models.generation import make_generate_fn
+    from vp_jax.runtime import parallel
+    from vp_jax.store.state import create_train_state
 
     config = apply_overrides(load_config_file(args.config), args.set)
     if args.n_eval:

@@ -3,7 +3,7 @@
 # JSON line on stdout (also written to OUT_DIR/summary.json):
 #
 #   1. the environment: jax version, backend, device, which code paths vp_jax takes there
-#      (vp_jax.backend.cpu_kernels() must be false on a GPU; no XLA CPU flags, no malloc tuning);
+#      (vp_jax.runtime.backend.cpu_kernels() must be false on a GPU; no XLA CPU flags, no malloc tuning);
 #   2. tests that hold on any backend, run on the GPU: gradient accumulation (BatchNorm-free
 #      equality with the big batch; what it does with BatchNorm, with remat), and the train step;
 #   3. benchmarks/train_step.py, lab config, batch 12 and 100, float32 and bfloat16: seconds per
@@ -43,7 +43,7 @@ fi
 if [ -n "${CPU_SMOKE:-}" ]; then
   export JAX_PLATFORMS=cpu
   CONFIG=configs/tiny.py; SMALL=4; BIG=8; STEPS=1; TRAIN_CONFIG=configs/tiny.py
-  TRAIN_ARGS=(--config.train.niter=1 --config.data.root="$OUT_DIR/data_tiny")
+  TRAIN_ARGS=(--config.train.epochs=1 --config.data.root="$OUT_DIR/data_tiny")
 else
   CONFIG=configs/lab_bair.py; SMALL=12; BIG=100; TRAIN_CONFIG=configs/pushbot.py; TRAIN_ARGS=()
 fi
@@ -51,12 +51,12 @@ fi
 # 1. environment
 "$PY" - "$OUT_DIR/env.json" <<'EOF' || exit 1
 import json, os, sys
-from vp_jax import host_memory
-from vp_jax.xla_flags import configure_xla_flags, runs_on_cpu
+from vp_jax.runtime import host_memory
+from vp_jax.runtime.xla_flags import configure_xla_flags, runs_on_cpu
 added = configure_xla_flags()   # what train.py would add here (nothing on a GPU)
 malloc = host_memory.configure_malloc()
 import jax
-from vp_jax.backend import cpu_kernels
+from vp_jax.runtime.backend import cpu_kernels
 from vp_jax.models.rollout import default_unroll
 d = jax.devices()[0]
 env = {"jax": jax.__version__, "backend": jax.default_backend(), "device": d.device_kind,

@@ -5,7 +5,7 @@ Each test sequence is replayed ``--samples`` times with the hidden randomness th
 (:func:`vp_jax.data.pushbot.replay_futures`): frictions of objects not yet seen sliding, and the
 uncontrolled object's turns, stops and starts. The conditions and the context stay the same. A
 replay is a perfect model that knows everything but chance; its best-of-N minus mean-of-N
-(:func:`vp_jax.metrics.replay_gain`, scored as ``eval.py --num_samples N`` scores samples: over
+(:func:`vp_jax.evaluation.metrics.replay_gain`, scored as ``eval.py --num_samples N`` scores samples: over
 the moving pixels and over whole frames) is what a latent can gain. A real model also errs
 elsewhere; ``--floors`` adds the error of a model at that PSNR, which shrinks the gain.
 ``eval.py --num_samples N`` prints the same bound at the evaluated model's own floors. Prints
@@ -32,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from vp_jax import metrics as M  # noqa: E402
 from vp_jax.data import pushbot as pb  # noqa: E402
+from vp_jax.evaluation import metrics as M  # noqa: E402
 
 
 def replay_errors(spec, split: str, sequences: int, samples: int, n_past: int, n_eval: int):

@@ -52,15 +52,15 @@ def main(argv=None):
     p.add_argument("--no-fvd", action="store_true")
     args = p.parse_args(argv)
 
-    from vp_jax.xla_flags import configure_xla_flags
+    from vp_jax.runtime.xla_flags import configure_xla_flags
 
     configure_xla_flags()
     import jax
     import numpy as np
 
-    from vp_jax import fvd as F
-    from vp_jax.extras import versions
-    from vp_jax.perceptual import lpips_per_frame
+    from vp_jax.evaluation import fvd as F
+    from vp_jax.evaluation.extras import versions
+    from vp_jax.evaluation.perceptual import lpips_per_frame
 
     rng = np.random.default_rng(0)
     record = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),

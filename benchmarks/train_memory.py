@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = os.path.join(tmp, "run")
         cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", args.config, "--workdir", workdir,
-               f"--config.train.niter={args.epochs}", f"--config.train.epoch_size={args.epoch_size}"]
+               f"--config.train.epochs={args.epochs}", f"--config.train.epoch_size={args.epoch_size}"]
         if args.data_root:
             cmd.append(f"--config.data.root={args.data_root}")
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

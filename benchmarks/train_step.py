@@ -28,7 +28,7 @@ and for the CPU's fully unrolled general rollout, an undercount for a rolled one
 (other processes) only.
 
 The batch is synthetic (random uint8 frames, random conditions): the cost does not depend on the
-pixels. With several devices the batch is sharded over all of them (vp_jax.parallel).
+pixels. With several devices the batch is sharded over all of them (vp_jax.runtime.parallel).
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
     import jax
     import numpy as np
 
-    from vp_jax import host_memory, parallel
     from vp_jax.config import load_config_file, run_config
-    from vp_jax.training.state import create_train_state
+    from vp_jax.runtime import host_memory, parallel
+    from vp_jax.store.state import create_train_state
     from vp_jax.training.step import make_train_step
 
     config = apply_overrides(load_config_file(config_path), overrides)
@@ -197,7 +197,7 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override, e.g. model.dtype=bfloat16")
     p.add_argument("--unroll", type=int, default=0, help="scan unroll of the general rollout (0: the library's default)")
     p.add_argument("--no-xla-flags", action="store_true", help="do not add vp_jax's fast CPU XLA flags")
-    p.add_argument("--no-malloc-tuning", action="store_true", help="do not keep XLA's buffers in the heap (vp_jax.host_memory)")
+    p.add_argument("--no-malloc-tuning", action="store_true", help="do not keep XLA's buffers in the heap (vp_jax.runtime.host_memory)")
     p.add_argument("--inprocess", action="store_true", help="measure in this process (one config and batch only)")
     p.add_argument("--out", help="also append the JSON lines to this file")
     args = p.parse_args(argv)
@@ -210,11 +210,11 @@ def main(argv=None):
 
     if args.inprocess:
         if not args.no_xla_flags:
-            from vp_jax.xla_flags import configure_xla_flags
+            from vp_jax.runtime.xla_flags import configure_xla_flags
 
             configure_xla_flags()
         if not args.no_malloc_tuning:
-            from vp_jax.host_memory import configure_malloc
+            from vp_jax.runtime.host_memory import configure_malloc
 
             configure_malloc()
         (cfg, (bs, *rest)), *more = runs

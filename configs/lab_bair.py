@@ -13,7 +13,7 @@ frame predictor, cyclical KL annealing (3 cycles, ratio 0.5, beta up to 1), lr 0
     python train.py --config configs/lab_bair.py --workdir runs/lab_bair \
         --config.data.source=tfds --config.data.root=~/tensorflow_datasets
 
-Model: 22,833,795 parameters (`python -m vp_jax.summary --config configs/lab_bair.py`).
+Model: 22,833,795 parameters (`python -m vp_jax.tools.summary --config configs/lab_bair.py`).
 Hardware and time: a full run is 180,000 iterations; the per-iteration cost is measured by
 `benchmarks/train_step.py` (see docs/performance.md). Expected result (lab grading): test PSNR
 >= 25 dB on 10 frames predicted from 2; students report 25.6-26.5 dB. Not yet measured with vp_jax.
@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 12
     c.train.epoch_size = 600
-    c.train.niter = 300
+    c.train.epochs = 300
     c.train.lr = 0.002
     c.train.lr_schedule = "constant"
     c.train.warmup_steps = 0
@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
     # than this (values in [0, 1]) in any channel.
     c.eval.moving_threshold = 0.05
 
-    # Data parallelism (vp_jax/parallel.py): batch split over all devices. distributed = True:
+    # Data parallelism (vp_jax/runtime/parallel.py): batch split over all devices. distributed = True:
     # several processes (README "Several devices"), jax.distributed.initialize() runs first in
     # each; a process whose heartbeats stop for heartbeat_timeout_s counts as dead and the others
     # stop; they wait initialization_timeout_s for each other at the start.

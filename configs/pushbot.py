@@ -9,7 +9,7 @@ configs/pushbot_chance.py trains the same model on version 2, where chance decid
 scored frames.
 
 Model: the lab's architecture at reduced width (enc_widths 16-32-64-64, g_dim 64, z_dim 8,
-rnn_size 128; about 1.2 M parameters, `python -m vp_jax.summary --config configs/pushbot.py`),
+rnn_size 128; about 1.2 M parameters, `python -m vp_jax.tools.summary --config configs/pushbot.py`),
 learned prior, skips from the last context frame, and three changes that make it predict the
 robot within minutes (docs/model.md, "Decoder pathways"):
 
@@ -52,7 +52,7 @@ def get_config():
     c.data.normalize_condition = True
     c.train.batch_size = 8
     c.train.epoch_size = 50
-    c.train.niter = 8
+    c.train.epochs = 8
     c.train.lr_schedule = "cosine"
     c.train.kl.schedule = "monotonic"
     c.train.kl.cycles = 1

@@ -46,6 +46,6 @@ def get_config():
     c = pushbot.get_config()
     c.data.random_offset = True
     c.train.epoch_size = 200
-    c.train.niter = 8
+    c.train.epochs = 8
     c.train.kl.free_bits = 1.0
     return c

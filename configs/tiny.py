@@ -23,7 +23,7 @@ def get_config():
     c.data.pushbot = dict(train=16, validate=8, test=8, seed=0, version=2)
     c.train.batch_size = 4
     c.train.epoch_size = 3
-    c.train.niter = 2
+    c.train.epochs = 2
     c.train.kl.cycles = 1
     c.eval.batch_size = 4
     c.eval.num_gifs = 1

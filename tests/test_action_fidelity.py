@@ -1,4 +1,4 @@
-"""Action fidelity (vp_jax.action_fidelity): R² in closed form; an inverse model trained on a small
+"""Action fidelity (vp_jax.evaluation.action_fidelity): R² in closed form; an inverse model trained on a small
 pushbot set reads the actions back from ground-truth videos far better than from copy-last
 videos; training is deterministic; evaluation's entry scores predictions equal to the truth as
 the truth."""
@@ -10,9 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vp_jax import action_fidelity as fidelity
 from vp_jax.data import pushbot
 from vp_jax.data.pipeline import SequenceSource
+from vp_jax.evaluation import action_fidelity as fidelity
 
 STEPS = 300
 

@@ -149,7 +149,7 @@ CONFIG_CASES = {
     "unknown field": (["--config.train.lrr=0.1"], ["--config.train.lrr=0.1", "config.train has no field 'lrr'",
                                                    "did you mean config.train.lr?"]),
     "unknown group": (["--config.optimizer.lr=0.1"], ["config has no field 'optimizer'"]),
-    "wrong type": (["--config.train.niter=2.5"], ["--config.train.niter=2.5", "invalid literal for int()"]),
+    "wrong type": (["--config.train.epochs=2.5"], ["--config.train.epochs=2.5", "invalid literal for int()"]),
     "n_past + n_future > seq_len": (["--config.n_future=30"], ["config.n_future = 30", "n_past + n_future <= data.seq_len (8)"]),
     "unknown KL schedule": (["--config.train.kl.schedule=linear"], ["config.train.kl.schedule = 'linear'", "one of"]),
     "unknown lr schedule": (["--config.train.lr_schedule=step"], ["config.train.lr_schedule = 'step'", "one of"]),
@@ -182,7 +182,7 @@ ARGUMENT_CASES = {
     "train: missing --workdir": (["train.py", "--config", "configs/tiny.py"], ["--workdir"]),
     "train: stray argument": (["train.py", "--config", "configs/tiny.py", "--workdir", "W", "stray"],
                               ["unexpected argument 'stray'"]),
-    "train: override without --config": (["train.py", "--workdir", "W", "--config.train.niter=3"],
+    "train: override without --config": (["train.py", "--workdir", "W", "--config.train.epochs=3"],
                                          ["overrides need --config FILE"]),
     "train: workdir is a file": (["train.py", "--config", "configs/tiny.py", "--workdir", "FILE"],
                                  ["FILE", "exists and is not a folder"]),
@@ -213,8 +213,8 @@ def checkpointed(pristine, tmp_path_factory):
     import jax
 
     from vp_jax.config import load_config_file, model_config, save_config_json
-    from vp_jax.training.checkpoints import CheckpointStore
-    from vp_jax.training.state import create_train_state
+    from vp_jax.store.checkpoints import CheckpointStore
+    from vp_jax.store.state import create_train_state
 
     base = tmp_path_factory.mktemp("bad_inputs_ckpt")
     workdir = str(base / "run")

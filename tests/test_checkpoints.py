@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vp_jax.config import model_config, run_config
-from vp_jax.training import checkpoints
-from vp_jax.training.checkpoints import CheckpointStore, host_copy, state_digest
-from vp_jax.training.state import TrainState, make_optimizer
+from vp_jax.store import checkpoints
+from vp_jax.store.checkpoints import CheckpointStore, host_copy, state_digest
+from vp_jax.store.state import TrainState, make_optimizer
 
 
 @pytest.fixture()
@@ -211,45 +211,3 @@ def test_a_damaged_best_is_refused_then_replaced(tmp_path, tiny_config, state, l
         assert store.steps() == [4] and store.best_step() == 4
     assert len(logged) == 1 and "checkpoints/3: damaged checkpoint (metrics unreadable" in logged[0], logged
     assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", "damaged", "3"))
-
-
-@pytest.mark.parametrize("psnr", [(25.0, 20.0, 21.0), (20.0, 25.0, 21.0)], ids=["best-apart", "best-among-latest"])
-def test_two_folder_layout_is_read_in_place_and_moved_by_the_writer(tmp_path, tiny_config, state, psnr, logged):
-    """checkpoints/latest/<step>/ and checkpoints/best/<step>/ (earlier versions): a reader finds
-    every step and the best where they are and moves nothing; the writer moves them into
-    checkpoints/<step>/ once (one note; the best's copy, with its metric), and the best stays the
-    best across later saves."""
-    from data_support import to_two_folder_layout
-
-    cfg = model_config(tiny_config)
-    workdir = str(tmp_path)
-    with CheckpointStore(workdir, keep=2) as store:
-        for step, value in zip((1, 2, 3), psnr):
-            store.save(step, _at(state, step), {"epoch": step, "val_psnr": value}, val_psnr=value)
-    old = to_two_folder_layout(workdir, keep=2)
-    best = old["best"]
-    root = os.path.join(workdir, "checkpoints")
-    before = sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns)
-    assert checkpoints.has_checkpoints(workdir)
-    with CheckpointStore(workdir, keep=2, read_only=True) as store:
-        assert store.steps() == ([1, 2, 3] if best == 1 else [2, 3])
-        assert store.best_step() == best and store.latest_step() == 3
-        for which, step in (("best", best), ("latest", 3), (2, 2)):
-            restored, meta = store.restore(which, state, cfg)
-            assert _same_bits(restored, _at(state, step)) and meta["epoch"] == step
-    assert sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns) == before
-
-    with CheckpointStore(workdir, keep=2) as store:
-        assert len(logged) == 1 and logged[0].startswith("info: moved") and "one folder per step" in logged[0]
-        assert _folders(root) == [str(s) for s in sorted({best, 2, 3})]
-        assert os.path.isdir(os.path.join(root, str(best), "metrics"))
-        assert store.best_step() == best
-        for step in store.steps():
-            assert checkpoints.damaged_files(os.path.join(root, str(step))) is None
-        restored, meta = store.restore_for_resume(state, cfg)
-        assert _same_bits(restored, _at(state, 3)) and meta["epoch"] == 3
-        store.save(4, _at(state, 4), {"epoch": 4}, val_psnr=22.0)
-        store.save(5, _at(state, 5), {"epoch": 5}, val_psnr=23.0)
-        assert store.steps() == sorted({best, 4, 5}) and store.best_step() == best
-    with CheckpointStore(workdir, keep=2) as store:
-        assert len(logged) == 1 and store.best_step() == best

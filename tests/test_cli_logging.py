@@ -11,7 +11,7 @@ SCRIPT = """
 import logging
 from absl import app
 from absl import logging as absl_logging
-from vp_jax import cli
+from vp_jax.tools import cli
 
 def main(argv):
     cli.quiet_library_logs()

@@ -16,8 +16,8 @@ import pytest
 
 from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, SequenceSource
-from vp_jax.generation import make_generate_fn
-from vp_jax.training.state import create_train_state
+from vp_jax.models.generation import make_generate_fn
+from vp_jax.store.state import create_train_state
 from vp_jax.training.step import make_train_step
 
 SIZE, SIDE, SPEED, FRAMES = 64, 12, 5, 5

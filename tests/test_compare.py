@@ -8,9 +8,9 @@ import imageio.v3 as iio
 import ml_collections
 import pytest
 
-from vp_jax import compare
-from vp_jax.config import save_config_json
+from vp_jax.config import flat_fields, save_config_json
 from vp_jax.errors import DataError, VPError
+from vp_jax.tools import compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def _workdir(root, name, schedule, val_psnrs, final_loss, measures=False):
     for e, v in enumerate(val_psnrs):
         loss = final_loss if e == len(val_psnrs) - 1 else final_loss + 1.0
         more = "" if not measures else ("," * 4 if v is None else f",{v - 8},{e},{v + 1},20.0")
-        lines.append(f"{(e + 1) * 10},{e},{loss},0.01,1.0,0.5,1.0,0.002,{'' if v is None else v}{more},3.0")
+        lines.append(f"{(e + 1) * 10},{e + 1},{loss},0.01,1.0,0.5,1.0,0.002,{'' if v is None else v}{more},3.0")
     (d / "metrics.csv").write_text("\n".join(lines) + "\n")
     return str(d)
 
@@ -57,21 +57,21 @@ def test_table_names_only_the_differing_setting(two_runs, tmp_path):
     fixed = ("run", "best_val_psnr", "best_epoch", *measures, "final_loss", "epochs")
     settings = [c for c in table.columns if c not in fixed]
     assert settings == ["train.kl.schedule"]
-    # run_a's measures come from its best epoch (2); run_b's CSV predates them
+    # run_a's measures come from its best epoch (3); run_b's CSV predates them
     assert table.loc[0, measures[:4]].tolist() == [16.5, 2.0, 25.5, 20.0]
     assert table.loc[0, measures[4:]].isna().all()  # the latent's measures: not in this CSV
     assert table.loc[1, measures].isna().all()
     assert list(table["run"]) == ["run_a", "run_b"]
     assert list(table["train.kl.schedule"]) == ["cyclical", "monotonic"]
     assert list(table["best_val_psnr"]) == [24.5, 23.25]
-    assert list(table["best_epoch"]) == [2, 3]
+    assert list(table["best_epoch"]) == [3, 4]
     assert list(table["final_loss"]) == [0.031, 0.042]
-    assert list(table["epochs"]) == [4, 4]  # epochs run (metrics.csv counts from 0)
+    assert list(table["epochs"]) == [4, 4]  # epochs run (metrics.csv counts from 1)
     assert iio.imread(out).ndim == 3
 
 
 def test_differing_settings_flatten_and_numbers():
-    a = compare.flatten({"a": {"b": 1, "c": [1, 2]}, "d": True})
+    a = flat_fields({"a": {"b": 1, "c": [1, 2]}, "d": True})
     assert a == {"a.b": 1, "a.c": (1, 2), "d": True}
     b = {"a.b": 1.0, "a.c": (1, 3), "d": True, "e": "x"}
     assert compare.differing_settings([a, b]) == ["a.c", "e"]
@@ -80,7 +80,7 @@ def test_differing_settings_flatten_and_numbers():
 def test_cli_prints_table_and_writes_plot(two_runs, tmp_path):
     out = tmp_path / "plot.png"
     r = subprocess.run(
-        [sys.executable, "-m", "vp_jax.compare", *two_runs, "--out", str(out)],
+        [sys.executable, "-m", "vp_jax.tools.compare", *two_runs, "--out", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
     assert r.returncode == 0, r.stderr
@@ -92,7 +92,7 @@ def test_cli_prints_table_and_writes_plot(two_runs, tmp_path):
 def test_cli_missing_dir_exit_2_one_line(two_runs, tmp_path):
     missing = str(tmp_path / "nope")
     r = subprocess.run(
-        [sys.executable, "-m", "vp_jax.compare", two_runs[0], missing, "--out", str(tmp_path / "x.png")],
+        [sys.executable, "-m", "vp_jax.tools.compare", two_runs[0], missing, "--out", str(tmp_path / "x.png")],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
     assert r.returncode == 2

@@ -99,3 +99,25 @@ def test_run_config_is_hashable_where_jit_needs_it():
     run = run_config(load_config_file(os.path.join(ROOT, "configs", "tiny.py")))
     assert isinstance(run, RunConfig)
     assert hash(run.model) == hash(dataclasses.replace(run.model)) and hash(run.train) == hash(dataclasses.replace(run.train))
+
+
+
+def test_the_labs_names_set_the_fields_they_stand_for():
+    """``--config.niter=7`` etc. (the lab's flags) become the vp_jax fields' overrides, and every
+    name of the table points at a field of the configs. (A real run with ``--config.niter``:
+    tests/test_reliability.py.)"""
+    from vp_jax.config import LAB_NAMES, lab_names
+
+    argv = ["train.py", "--config", "c.py", "--config.niter=7", "--config.lr=0.005", "--config.tfr_start_decay_epoch",
+            "15", "--config.kl_anneal_cyclical=False", "--config.kl_anneal_cycle=2", "--config.train.beta2=0.9"]
+    assert lab_names(argv) == [
+        "train.py", "--config", "c.py", "--config.train.epochs=7", "--config.train.lr=0.005",
+        "--config.train.tfr.start_decay_epoch", "15", "--config.train.kl.schedule=monotonic",
+        "--config.train.kl.cycles=2", "--config.train.beta2=0.9"]
+    assert lab_names(["--config.kl_anneal_cyclical=True"]) == ["--config.train.kl.schedule=cyclical"]
+    config = load_config_file(os.path.join(ROOT, "configs", "lab_bair.py"))
+    for field in LAB_NAMES.values():
+        node = config
+        for key in field.split("."):
+            assert key in node, field
+            node = node[key]

@@ -1,4 +1,4 @@
-"""open_split (cache on first use) and BatchIterator (order, offsets, restore, eval mode, sharding)."""
+"""open_split (cache on first use) and BatchIterator (order, offsets, restore, eval mode)."""
 
 from __future__ import annotations
 
@@ -207,21 +207,6 @@ def test_errors_in_the_prefetch_thread_reach_the_caller():
     it = BatchIterator(SequenceSource(Broken(), src.cond, name="broken"), 4, 3, seed=0, prefetch=2)
     with pytest.raises(DataError, match="broken on purpose"):
         next(it)
-
-
-def test_sharded_batches():
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    it = BatchIterator(small_source(n=8), 4, 3, seed=0, sharding=sharding)
-    batch = next(it)
-    assert isinstance(batch["frames"], jax.Array) and batch["frames"].sharding == sharding
-    assert batch["frames"].shape == (4, 3, 64, 64, 3) and batch["cond"].dtype == np.float32
-    ref = BatchIterator(small_source(n=8), 4, 3, seed=0, prefetch=0).make_batch(0, 0)
-    np.testing.assert_array_equal(np.asarray(batch["frames"]), ref["frames"])
-    it.close()
 
 
 def test_dropped_iterator_stops_its_thread():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vp_jax.evaluation import derangement, summarize
+from vp_jax.evaluation.scoring import derangement, summarize
 
 
 def _scores(n=3, s=4, t=2):
@@ -72,7 +72,7 @@ def _replayed_world(n_past=2, t=3, num=4, seed=0):
 
 
 def test_latent_scorer_spread_sits_where_the_replays_differ():
-    from vp_jax.evaluation import LatentScorer
+    from vp_jax.evaluation.latent import LatentScorer
 
     frames, replays = _replayed_world()
     futures = replays(0, 4)[2]

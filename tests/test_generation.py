@@ -9,8 +9,8 @@ import pytest
 
 from vp_jax.config import model_config
 from vp_jax.errors import ConfigError
-from vp_jax.generation import make_generate_fn
 from vp_jax.models.cvae import ConditionalVAE, initial_state
+from vp_jax.models.generation import make_generate_fn
 from vp_jax.models.rollout import rollout
 
 B, T = 2, 5  # tiny config: n_past 2 -> 3 predicted frames

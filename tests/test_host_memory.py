@@ -1,4 +1,4 @@
-"""vp_jax.host_memory: freed large buffers stay in the process, so reusing them costs no page faults."""
+"""vp_jax.runtime.host_memory: freed large buffers stay in the process, so reusing them costs no page faults."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vp_jax import host_memory
+from vp_jax.runtime import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # unmaps it on free, so the second round faults every page in again.
 SCRIPT = """
 import ctypes, json, resource, sys, threading
-from vp_jax import host_memory
+from vp_jax.runtime import host_memory
 applied = host_memory.configure_malloc(force=True) if sys.argv[1] == "on" else {}
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

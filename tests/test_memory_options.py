@@ -1,5 +1,5 @@
 """Memory options of the train step (train.grad_accum, train.remat) and the CPU-only code paths
-(vp_jax/backend.py) turned off: the numbers each promises.
+(vp_jax/runtime/backend.py) turned off: the numbers each promises.
 
 * Gradient accumulation over k micro-batches equals one big batch for a loss without
   BatchNorm (a stand-in network), and, for the model (BatchNorm in every VGG layer), equals what
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from conftest import FAST_COMPILE
 
-from vp_jax.backend import cpu_kernels, cpu_kernels_off, scan_unroll
 from vp_jax.config import model_config, run_config
 from vp_jax.errors import ConfigError
+from vp_jax.runtime.backend import cpu_kernels, cpu_kernels_off, scan_unroll
+from vp_jax.store.state import create_train_state
 from vp_jax.training.accumulate import accumulate_gradients, check_accumulation, split_microbatches
-from vp_jax.training.state import create_train_state
 from vp_jax.training.step import make_train_step, rollout_loss
 
 

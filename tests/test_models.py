@@ -20,7 +20,7 @@ from vp_jax.models import (
     reparameterize,
 )
 from vp_jax.models.kernels import upsample_nearest_2x
-from vp_jax.summary import parameter_counts
+from vp_jax.tools.summary import parameter_counts
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

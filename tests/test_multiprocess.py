@@ -20,14 +20,14 @@ import pytest
 from multiprocess_support import output, read_lines, run, sequence_log, start, wait
 
 from vp_jax.config import run_config
-from vp_jax import parallel
 from vp_jax.errors import ConfigError
+from vp_jax.runtime import parallel
 
 EPOCH_SIZE = 3  # the tiny set: 16 sequences, batches of 4 -> 4 batches a data epoch
 
 
 def train_args(data_root: str, niter: int, *extra) -> list[str]:
-    return ["--config", "configs/tiny.py", f"--config.data.root={data_root}", f"--config.train.niter={niter}",
+    return ["--config", "configs/tiny.py", f"--config.data.root={data_root}", f"--config.train.epochs={niter}",
             f"--config.train.epoch_size={EPOCH_SIZE}", *extra]
 
 
@@ -159,8 +159,8 @@ def final_params(workdir: str):
     import jax
 
     from vp_jax.config import load_workdir_config, model_config
-    from vp_jax.training.checkpoints import CheckpointStore
-    from vp_jax.training.state import create_train_state
+    from vp_jax.store.checkpoints import CheckpointStore
+    from vp_jax.store.state import create_train_state
 
     config = load_workdir_config(workdir)
     abstract = jax.eval_shape(lambda: create_train_state(run_config(config), jax.random.key(0)))

@@ -15,8 +15,8 @@ import pytest
 
 from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, SequenceSource, condition_stats
-from vp_jax.evaluation import derangement, predict_and_score, summarize
-from vp_jax.training.state import create_train_state
+from vp_jax.evaluation.scoring import Options, SplitScorer, summarize
+from vp_jax.store.state import create_train_state
 from vp_jax.training.step import make_train_step
 
 SIZE, SIDE = 64, 12
@@ -71,10 +71,8 @@ def train_and_score(config, steps: int, seed: int = 0) -> dict:
     step = make_train_step(run_config(config))
     for i in range(steps):
         state, _ = step(state, next(batches), jax.random.key(seed))  # the step folds in its counter
-    scores = predict_and_score(
-        run_config(config), state.params, state.batch_stats, test, key=jax.random.key(1), batch_size=32, cond_stats=stats,
-        shuffled_permutation=derangement(len(test), seed), mesh=None,
-    )
+    scorer = SplitScorer(run_config(config), Options(batch_size=32, posterior=False), cond_stats=stats, mesh=None)
+    scores = scorer(state, test, jax.random.key(1))
     return summarize(scores)
 
 

@@ -1,4 +1,4 @@
-"""Data parallelism (vp_jax/parallel.py) and the CPU XLA flags (vp_jax/xla_flags.py).
+"""Data parallelism (vp_jax/runtime/parallel.py) and the CPU XLA flags (vp_jax/runtime/xla_flags.py).
 
 The multi-device checks run in a subprocess with ``--xla_force_host_platform_device_count=2``
 (XLA reads it once, when the backend starts), and compare, inside that one process, a mesh of
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from vp_jax import xla_flags
+from vp_jax.runtime import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def run_two_device_script(script: str, timeout: float = 900) -> dict:
 STAND_IN = """
 import json
 import jax, jax.numpy as jnp, numpy as np, optax
-from vp_jax import parallel
+from vp_jax.runtime import parallel
 
 assert jax.device_count() == 2, jax.devices()
 
@@ -120,7 +120,7 @@ def test_train_and_eval_commands_on_two_devices_equal_one_device(tmp_path):
     for devices in (1, 2):
         wd = str(tmp_path / f"run{devices}")
         log = _run_cli("train.py", ["--config", "configs/tiny.py", "--workdir", wd, f"--config.data.root={data}",
-                                    "--config.train.niter=1", "--config.train.epoch_size=5"], devices)
+                                    "--config.train.epochs=1", "--config.train.epoch_size=5"], devices)
         assert ("data parallel over 2 devices" in log) == (devices == 2)
         _run_cli("eval.py", ["--workdir", wd, "--checkpoint", "latest"], devices)
         results[devices] = (pd.read_csv(os.path.join(wd, "metrics.csv")),
@@ -155,8 +155,8 @@ def test_importing_the_training_code_starts_no_backend():
     """jax.distributed.initialize() must come before JAX starts a backend; train.py imports the
     loop first, so importing it must not start one."""
     script = (
-        "import vp_jax.training.loop, vp_jax.evaluation, vp_jax.parallel\n"
-        "from vp_jax.xla_flags import _backend_started\n"
+        "import vp_jax.training.loop, vp_jax.evaluation.scoring, vp_jax.runtime.parallel\n"
+        "from vp_jax.runtime.xla_flags import _backend_started\n"
         "print(int(_backend_started()))\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))

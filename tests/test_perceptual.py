@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vp_jax.perceptual import lpips_per_frame, summarize_lpips
+from vp_jax.evaluation.perceptual import lpips_per_frame, summarize_lpips
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lpips")
 

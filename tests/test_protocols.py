@@ -7,12 +7,12 @@ import json
 import os
 
 import jax
-import numpy as np
 import pytest
 
-from vp_jax import compare, protocols
 from vp_jax.config import load_config_file
 from vp_jax.errors import ConfigError
+from vp_jax.evaluation import protocols
+from vp_jax.tools import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,10 +43,10 @@ def test_one_context_frame_needs_a_model_trained_with_one(config):
 def test_custom_takes_the_config_and_the_flags(config):
     p = protocols.resolve("custom", config)
     assert (p.n_past, p.n_future, p.num_samples, p.lpips, p.fvd) == (2, 3, 1, (), False)
-    p = protocols.resolve("custom", config, n_future=8, num_samples=4, lpips=["vgg"], fvd=True, fvd_repeats=4)
+    p = protocols.resolve("custom", config, predict_frames=8, num_samples=4, lpips=["vgg"], fvd=True, fvd_repeats=4)
     assert (p.n_future, p.num_samples, p.lpips, p.fvd, p.fvd_repeats) == (8, 4, ("vgg",), True, 4)
     with pytest.raises(ConfigError, match="--fvd_repeats 5: expected 1 .. num_samples"):
-        protocols.resolve("custom", config, n_future=8, num_samples=4, fvd=True, fvd_repeats=5)
+        protocols.resolve("custom", config, predict_frames=8, num_samples=4, fvd=True, fvd_repeats=5)
     with pytest.raises(ConfigError, match="5 frames; the I3D needs clips of at least 9"):
         protocols.resolve("custom", config, fvd=True)  # 2 + 3 frames
     with pytest.raises(ConfigError, match="expected one of"):
@@ -112,7 +112,7 @@ def test_compare_never_puts_two_protocols_in_one_column(tmp_path, config):
 
 
 def test_default_batch_size_keeps_sequence_samples_per_call_bounded():
-    from vp_jax.evaluation import SEQUENCE_SAMPLES_PER_CALL, default_batch_size
+    from vp_jax.evaluation.evaluate import SEQUENCE_SAMPLES_PER_CALL, default_batch_size
 
     assert default_batch_size(32, 1) == 32  # one sample (the lab protocol): the config's batch
     assert default_batch_size(32, 100) == SEQUENCE_SAMPLES_PER_CALL // 100 == 2

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed, to_two_folder_layout
+from data_support import flip_a_byte, largest_array_file, rewrite_state_with_one_value_changed
 
 from vp_jax.config import run_config
 
@@ -98,7 +98,7 @@ def run_train(ctx, name: str, *args: str, check: bool = True) -> Train:
 def train_args(ctx, workdir: str, *extra: str) -> list[str]:
     return [
         "--config", "configs/tiny.py", "--workdir", workdir, f"--config.data.root={ctx['data']}",
-        f"--config.train.niter={EPOCHS}", f"--config.train.epoch_size={EPOCH_SIZE}", *extra,
+        f"--config.niter={EPOCHS}", f"--config.train.epoch_size={EPOCH_SIZE}", *extra,  # niter: the lab's name
     ]
 
 
@@ -175,8 +175,7 @@ def reference(ctx):
 @pytest.fixture(scope="module")
 def interrupted(ctx, reference):
     """The same run, (1) stopped with Ctrl-C mid-epoch while a second train.py tries the workdir,
-    its checkpoints then laid out as earlier versions wrote them (checkpoints/latest/,
-    checkpoints/best/), (2) resumed and killed with SIGKILL at a random moment, (3) resumed to the
+    (2) resumed and killed with SIGKILL at a random moment, (3) resumed to the
     end."""
     rng = ctx["rng"]
     workdir = os.path.join(ctx["base"], "interrupted")
@@ -190,7 +189,6 @@ def interrupted(ctx, reference):
     first.wait_for("epoch 2:")
     # Right after an epoch's line the next epoch's steps start: Ctrl-C lands in its first steps.
     ctrl_c = first.kill_after(rng.uniform(0.0, 0.05), signal.SIGINT)
-    two_folder = to_two_folder_layout(workdir, keep=2)
     killed = Train(ctx, "interrupted-2", *train_args(ctx, workdir))
     # Somewhere in a random later epoch: its steps, validation, GIF and plot writing or saving.
     killed.wait_for(f"epoch {int(rng.integers(3, EPOCHS - 1))}:")
@@ -198,7 +196,7 @@ def interrupted(ctx, reference):
     stale = open(lock + ".pid").read()
     last = run_train(ctx, "interrupted-3", *train_args(ctx, workdir))
     return dict(workdir=workdir, first=first, second=second, killed=killed, last=last, ctrl_c=ctrl_c,
-                sigkill=sigkill, stale_pid=stale, two_folder=two_folder)
+                sigkill=sigkill, stale_pid=stale)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C / kill / lock
@@ -220,24 +218,13 @@ def test_ctrl_c_mid_epoch_saves_and_exits(interrupted):
     step = int(saved[0].split()[3])
     assert step % EPOCH_SIZE != 0, f"Ctrl-C landed at an epoch end ({saved[0]}), not mid-epoch"
     resumed = interrupted["killed"].stdout
-    assert f"at step {step} (epoch {step // EPOCH_SIZE}, iteration {step % EPOCH_SIZE})" in resumed, resumed
+    assert f"at step {step} (epoch {step // EPOCH_SIZE + 1}, iteration {step % EPOCH_SIZE})" in resumed, resumed
 
 
 def test_sigkill_leaves_a_stale_lock_that_does_not_block(interrupted):
     assert interrupted["sigkill"] == -signal.SIGKILL
     assert interrupted["stale_pid"] == str(interrupted["killed"].proc.pid)  # its lock file is still there
     assert "resuming" in interrupted["last"].stdout
-
-
-def test_two_folder_layout_is_moved_once_on_resume(interrupted):
-    """The resumed run moved the checkpoints of checkpoints/latest/ and checkpoints/best/ (the
-    mid-epoch one among them) into one folder per step, with one line, and resumed from the
-    mid-epoch checkpoint (test_ctrl_c_mid_epoch_saves_and_exits); the next run found nothing to move."""
-    old = interrupted["two_folder"]
-    notes = [ln for ln in interrupted["killed"].stdout.splitlines() if ln.startswith("moved ")]
-    assert len(notes) == 1 and "one folder per step" in notes[0], interrupted["killed"].stdout
-    assert notes[0].startswith(f"moved {len(set(old['latest']) | {old['best']})} checkpoint(s)")
-    assert "one folder per step" not in interrupted["last"].stdout + interrupted["last"].stderr
 
 
 def test_interrupted_run_is_bit_identical_to_an_uninterrupted_one(interrupted, reference):
@@ -293,8 +280,8 @@ def test_damage_is_detected_and_skipped(ctx, reference, tmp_path, how, logged):
     import orbax.checkpoint as ocp
 
     from vp_jax.config import load_config_json, model_config
-    from vp_jax.training.checkpoints import CheckpointStore, DamagedCheckpointError
-    from vp_jax.training.state import TrainState, make_optimizer
+    from vp_jax.store.checkpoints import CheckpointStore, DamagedCheckpointError
+    from vp_jax.store.state import TrainState, make_optimizer
 
     workdir = str(tmp_path / "wd")
     shutil.copytree(reference, workdir)
@@ -338,7 +325,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, re
     shutil.copytree(reference, workdir)
     path = os.path.join(workdir, "config.json")
     config = json.load(open(path))
-    config["train"].update(lr=1e30, niter=EPOCHS + 10, epoch_size=3)  # not resumable changes: edited by hand
+    config["train"].update(lr=1e30, epochs=EPOCHS + 10, epoch_size=3)  # not resumable changes: edited by hand
     json.dump(config, open(path, "w"))
     before = metrics(workdir)
     good = saved_steps(workdir)[-1]
@@ -359,12 +346,12 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint(ctx, re
     assert all(np.isfinite(v).all() for k, v in ours.items() if v.dtype.kind == "f")
     after = metrics(workdir)
     pd.testing.assert_frame_equal(after.iloc[: len(before)], before)  # the good epochs' rows are kept
-    assert after["epoch"].tolist() == list(range(EPOCHS + 1))  # + the epoch that ended mid-streak
+    assert after["epoch"].tolist() == list(range(1, EPOCHS + 2))  # + the epoch that ended mid-streak
 
 
 _LEFTOVER_PROBE = """
 import os, sys
-from vp_jax.training.checkpoints import CheckpointStore
+from vp_jax.store.checkpoints import CheckpointStore
 store = CheckpointStore(sys.argv[1])
 print(os.path.exists(sys.argv[2]))
 """  # and exits without close(), as a refused resume or an error does

@@ -7,7 +7,7 @@ import pytest
 
 from configs import lab_bair
 from vp_jax.config import run_config
-from vp_jax.schedules import (
+from vp_jax.models.schedules import (
     frange_cycle_linear,
     kl_beta_schedule,
     learning_rate_schedule,
@@ -78,7 +78,7 @@ def test_cyclical_beta_matches_lab_table_everywhere(niter, cycles, ratio):
 
 
 def test_beta_per_step_and_constant():
-    c = config(kl__per="step", kl__cycles=2, kl__ratio=0.5, niter=2, epoch_size=100)
+    c = config(kl__per="step", kl__cycles=2, kl__ratio=0.5, epochs=2, epoch_size=100)
     # 200 steps, 2 cycles of 100, rising over 50 steps
     got = values(kl_beta_schedule(c), [0, 10, 49, 50, 99, 100, 125])
     np.testing.assert_allclose(got, [0, 0.2, 0.98, 1, 1, 0, 0.5], atol=1e-6)
@@ -100,9 +100,9 @@ def test_teacher_forcing_decay_by_hand():
 
 def test_learning_rate_schedules():
     np.testing.assert_allclose(values(learning_rate_schedule(config()), [0, 10**5]), [0.002, 0.002], rtol=1e-6)
-    c = config(lr_schedule="cosine", niter=10, epoch_size=10, lr=0.1)  # 100 steps
+    c = config(lr_schedule="cosine", epochs=10, epoch_size=10, lr=0.1)  # 100 steps
     np.testing.assert_allclose(values(learning_rate_schedule(c), [0, 50, 100]), [0.1, 0.05, 0.0], atol=1e-7)
-    c = config(lr_schedule="warmup_cosine", niter=10, epoch_size=10, lr=0.1, warmup_steps=10)
+    c = config(lr_schedule="warmup_cosine", epochs=10, epoch_size=10, lr=0.1, warmup_steps=10)
     # linear 0 -> 0.1 over 10 steps, then cosine over the remaining 90 to 0
     got = values(learning_rate_schedule(c), [0, 5, 10, 55, 100])
     np.testing.assert_allclose(got, [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-7)

@@ -20,7 +20,7 @@ from flax import linen as nn
 from vp_jax.config import load_config_file, model_config, run_config
 from vp_jax.models.kernels import max_pool_2x2
 from vp_jax.models.layers import SkipConcatConv, weight_init
-from vp_jax.losses import step_terms
+from vp_jax.models.losses import step_terms
 from vp_jax.models.rollout import rollout
 from vp_jax.training import step as step_lib
 
@@ -137,7 +137,7 @@ def test_train_step_same_with_and_without_the_static_fast_path(fast_jit):
     """tfr = 1 via the static path vs via the lax.cond (tfr schedule that could decay later).
     Both steps are compiled without XLA's backend optimisation (same programs; the lax.cond one
     holds both rollouts and their gradients, a minute of optimising on a 2-core CPU)."""
-    from vp_jax.training.state import create_train_state
+    from vp_jax.store.state import create_train_state
 
     config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     decaying = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))

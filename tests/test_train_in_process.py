@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ from data_support import COUNTS, SEED, make_pushbot
 
 from vp_jax.config import run_config
 from vp_jax.data.pipeline import BatchIterator, open_split
+from vp_jax.store.checkpoints import CheckpointStore
+from vp_jax.store.state import create_train_state
 from vp_jax.training import loop
-from vp_jax.training.checkpoints import CheckpointStore
-from vp_jax.training.state import create_train_state
 from vp_jax.training.step import make_train_step
 from vp_jax.training.workdir import STEP_METRICS
 

@@ -6,8 +6,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from vp_jax import visualize
 from vp_jax.errors import DataError
+from vp_jax.report import visualize
 
 CSV_HEADER = "step,epoch,loss,mse,kl,beta,tfr,lr,val_psnr,seconds,rss_mb\n"
 
@@ -59,7 +59,7 @@ def test_training_curves_bad_csv(tmp_path):
 def figures(monkeypatch):
     """The figures the plot functions draw, by file name, captured before they are written."""
     captured = {}
-    save = visualize._save_fig
+    save = visualize.save_fig
 
     def keep(fig, path):
         captured[os.path.basename(path)] = [
@@ -77,7 +77,7 @@ def figures(monkeypatch):
         ]
         return save(fig, path)
 
-    monkeypatch.setattr(visualize, "_save_fig", keep)
+    monkeypatch.setattr(visualize, "save_fig", keep)
     return captured
 
 
@@ -214,22 +214,6 @@ def test_gif_float_input_identical_frames_and_context(tmp_path):
     assert (p0["pred"] == 255).all()  # the explicit context replaced pred's first frames
     p4 = _panels(back[4], g)
     np.testing.assert_array_equal(_down(p4["pred"], 2), (target[4] * 255).astype(np.uint8))
-
-
-def test_gif_grid(tmp_path):
-    rng = np.random.default_rng(1)
-    b, t, n_past = 3, 5, 2
-    targets = np.stack([_frames(rng, t) for _ in range(b)])
-    preds = np.stack([_frames(rng, t) for _ in range(b)])  # full length: first n_past shown as given
-    path = str(tmp_path / "grid.gif")
-    visualize.write_gif_grid(preds, targets, n_past, path, scale=1)
-    back = iio.imread(path, index=None)
-    g = visualize.panel_geometry(16, 16, 1, 3, 14)
-    assert back.shape[:3] == (t, b * g["row_height"] + visualize.PROGRESS_PX, g["width"])
-    for r in range(b):
-        p = _panels(back[3], g, row=r)
-        np.testing.assert_array_equal(p["pred"], preds[r, 3])
-        np.testing.assert_array_equal(p["truth"], targets[r, 3])
 
 
 def test_gif_shape_errors(tmp_path):

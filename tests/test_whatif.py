@@ -1,4 +1,4 @@
-"""vp_jax.Predictor and python -m vp_jax.whatif on a tiny workdir (the tiny model's initial
+"""vp_jax.Predictor and python -m vp_jax.tools.whatif on a tiny workdir (the tiny model's initial
 weights, a tiny pushbot set, conditions standardised): the predictor's frames are evaluation's,
 bad inputs are refused in one line, an unchanged edit reproduces the unedited prediction, the
 pushbot re-simulation reproduces the data set, and CSV edits are read or refused in one line."""
@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from data_support import COUNTS, SEED, assert_one_line_error, make_pushbot, run_module
-from vp_jax import whatif
+
 from vp_jax.config import run_config, save_config_json
 from vp_jax.data import pushbot
 from vp_jax.data.pipeline import condition_stats, open_split
 from vp_jax.errors import DataError, VPError
-from vp_jax.training.checkpoints import CheckpointStore
-from vp_jax.training.state import TrainState, make_optimizer
+from vp_jax.store.checkpoints import CheckpointStore
+from vp_jax.store.state import TrainState, make_optimizer
+from vp_jax.tools import whatif
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,15 @@ def test_predictor_gives_evaluations_frames(predictor):
     """The same checkpoint, key and sequences per call: the frames evaluation scores, bit for bit
     (call i draws from fold_in(key, i) in both); the conditions standardised with the training
     split's statistics, as evaluation does."""
-    from vp_jax.evaluation import predict_and_score
+    from vp_jax.evaluation.scoring import Options, SplitScorer
 
     config = predictor.run
     source = open_split(config.data, "test")
     stats = condition_stats(open_split(config.data, "train"))
     np.testing.assert_array_equal(predictor.cond_stats["mean"], stats["mean"])
     key = jax.random.key(11)
-    scores = predict_and_score(config, predictor.params, predictor.batch_stats, source, key=key, batch_size=1,
-                               cond_stats=stats, keep_predictions=True, mesh=None)
+    scorer = SplitScorer(config, Options(batch_size=1, keep_predictions=True), cond_stats=stats, mesh=None)
+    scores = scorer(predictor, source, key)
     frames = predictor.predict(source.frames[:, : config.n_past], source.cond[:, : config.n_eval], key=key)
     assert frames.dtype == np.uint8 and frames.shape == (len(source), 1, config.n_eval - config.n_past, 64, 64, 3)
     np.testing.assert_array_equal(frames[:, 0], scores["pred"])
@@ -114,7 +114,7 @@ def test_horizon_must_agree_with_the_conditions(predictor):
 def whatif_run(workdir, predictor, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("whatif_out"))
     edits = [whatif.Edit("scale", 1.0), whatif.Edit("scale", 0.0), whatif.Edit("zero", 3), whatif.Edit("from_sequence", 2)]
-    report = whatif.run(workdir, 1, edits, split="test", out=out, predictor=predictor)
+    report = whatif.run(whatif.Query(workdir, 1, tuple(edits), split="test", out=out), predictor=predictor)
     return report, dict(np.load(os.path.join(out, "whatif.npz"))), out
 
 
@@ -232,11 +232,11 @@ def test_bad_csv_is_one_line_naming_the_file(tmp_path, text, needle):
 def test_cli_refuses_a_bad_csv_and_a_missing_edit(workdir, tmp_path):
     bad = tmp_path / "short.csv"
     bad.write_text("0,0,0,1\n")
-    proc = run_module("vp_jax.whatif", "--workdir", workdir, "--sequence", "0", "--actions", str(bad))
+    proc = run_module("vp_jax.tools.whatif", "--workdir", workdir, "--sequence", "0", "--actions", str(bad))
     assert_one_line_error(proc, str(bad), "1 rows", "at least 5")
-    proc = run_module("vp_jax.whatif", "--workdir", workdir, "--sequence", "0")
+    proc = run_module("vp_jax.tools.whatif", "--workdir", workdir, "--sequence", "0")
     assert_one_line_error(proc, "no edit given")
-    proc = run_module("vp_jax.whatif", "--workdir", workdir, "--sequence", "0", "--zero", "7")
+    proc = run_module("vp_jax.tools.whatif", "--workdir", workdir, "--sequence", "0", "--zero", "7")
     assert_one_line_error(proc, "--zero 7")
 
 

@@ -9,14 +9,23 @@ module state (the pitfall of the PyTorch original).
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "train_and_evaluate"]
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train ``config`` in ``workdir`` (resuming what is there), validating every
+    ``eval.every_epochs`` epochs; return the last epoch's row (:func:`vp_jax.training.loop.train`)."""
+    from vp_jax.evaluation.scoring import Validator  # on use: ``import vp_jax`` loads no JAX
+    from vp_jax.training.loop import train  # on use: ``import vp_jax`` loads no JAX
+
+    return train(config, workdir, Validator)
 
 
 def __getattr__(name):
     # Imported on first use: ``import vp_jax`` stays free of JAX, so command-line entry points can
     # set XLA's flags before JAX starts.
     if name == "Predictor":
-        from vp_jax.predictor import Predictor
+        from vp_jax.predictor import Predictor  # on use: ``import vp_jax`` loads no JAX
 
         return Predictor
     raise AttributeError(f"module 'vp_jax' has no attribute {name!r}")

@@ -16,10 +16,11 @@ import typing
 
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
-from vp_jax._compat import is_deferred_config_error
 from vp_jax.errors import ConfigError
 from vp_jax.fileio import write_text
+from vp_jax.runtime.compat import is_deferred_config_error
 
 SKIP_FRAMES = ("original", "last_context", "every_step")
 OUTPUTS = ("frame", "composite")
@@ -67,7 +68,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KLConfig:
-    """``config.train.kl``: the KL weight's annealing (:func:`vp_jax.schedules.kl_beta_schedule`)."""
+    """``config.train.kl``: the KL weight's annealing (:func:`vp_jax.models.schedules.kl_beta_schedule`)."""
 
     schedule: str = "cyclical"
     cycles: int = 3
@@ -79,7 +80,7 @@ class KLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TFRConfig:
-    """``config.train.tfr``: the teacher-forcing ratio's decay (:func:`vp_jax.schedules.teacher_forcing_schedule`)."""
+    """``config.train.tfr``: the teacher-forcing ratio's decay (:func:`vp_jax.models.schedules.teacher_forcing_schedule`)."""
 
     start: float = 1.0
     start_decay_epoch: int = 0
@@ -94,7 +95,7 @@ class TrainConfig:
 
     batch_size: int = 12
     epoch_size: int = 600
-    niter: int = 300
+    epochs: int = 300
     lr: float = 0.002
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -294,7 +295,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
         )
         _require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
         _require(t.epoch_size >= 1, "train.epoch_size", "an integer >= 1", t.epoch_size)
-        _require(t.niter >= 1, "train.niter", "an integer >= 1", t.niter)
+        _require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
         _require(t.lr > 0, "train.lr", "a positive number", t.lr)
         _require(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {LR_SCHEDULES}", t.lr_schedule)
         _require(t.kl.schedule in KL_SCHEDULES, "train.kl.schedule", f"one of {KL_SCHEDULES}", t.kl.schedule)
@@ -336,6 +337,38 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def flat_fields(tree: dict) -> dict:
+    """``{'train': {'kl': {'schedule': 'x'}}}`` -> ``{'train.kl.schedule': 'x'}``, lists as tuples
+    (so that a config and its config.json compare equal, and values hash)."""
+    flat = traverse_util.flatten_dict(dict(tree), sep=".")
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in flat.items()}
+
+
+#: The lab's command-line names -> vp_jax config fields: ``--config.niter=50`` is ``--config.train.epochs=50``
+#: (docs/design.md, "The lab's names"). ``kl_anneal_cyclical`` True/False is ``train.kl.schedule``
+#: cyclical/monotonic.
+LAB_NAMES = {
+    "lr": "train.lr", "beta1": "train.beta1", "batch_size": "train.batch_size", "niter": "train.epochs",
+    "epoch_size": "train.epoch_size", "tfr": "train.tfr.start", "tfr_start_decay_epoch": "train.tfr.start_decay_epoch",
+    "tfr_decay_step": "train.tfr.decay_step", "tfr_lower_bound": "train.tfr.lower_bound",
+    "kl_anneal_cyclical": "train.kl.schedule", "kl_anneal_ratio": "train.kl.ratio", "kl_anneal_cycle": "train.kl.cycles",
+    "n_past": "n_past", "n_future": "n_future", "n_eval": "n_eval", "seed": "seed",
+    "z_dim": "model.z_dim", "g_dim": "model.g_dim", "rnn_size": "model.rnn_size",
+}
+
+
+def lab_names(argv: list[str], config_flag: str = "config") -> list[str]:
+    """``argv`` with every ``--config.LABNAME=VALUE`` of :data:`LAB_NAMES` renamed to its vp_jax field."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        field = LAB_NAMES.get(name.removeprefix(f"--{config_flag}.")) if name.startswith(f"--{config_flag}.") else None
+        if field == "train.kl.schedule" and eq:
+            value = {"true": "cyclical", "1": "cyclical", "false": "monotonic", "0": "monotonic"}.get(value.lower(), value)
+        out.append(f"--{config_flag}.{field}{eq}{value}" if field else arg)
+    return out
+
+
 def cli_flags_parser(flag_values=None, config_flag: str = "config"):
     """A ``flags_parser`` for ``absl.app.run(main, flags_parser=...)``: any command-line error ends
     the process with ONE line ``error: ...`` on stderr and exit status 2 (as ``@cli_main`` does for
@@ -348,6 +381,9 @@ def cli_flags_parser(flag_values=None, config_flag: str = "config"):
         from absl import flags as absl_flags
 
         fv = absl_flags.FLAGS if flag_values is None else flag_values
+        argv = lab_names(argv, config_flag)
+        if sys.argv[1:] and sys.argv[0] == argv[0]:
+            sys.argv[:] = lab_names(sys.argv, config_flag)  # config_flags reads the overrides from sys.argv too
         try:
             rest = fv(argv)
         except absl_flags.Error as err:

@@ -5,7 +5,7 @@
     predictor = Predictor.from_workdir("runs/pushbot", checkpoint="best")
     frames = predictor.predict(context, conditions, num_samples=3)   # uint8 [N, 3, T, 64, 64, 3]
 
-The prediction is eval.py's: :func:`vp_jax.generation.make_generate_fn` (the prior rollout of
+The prediction is eval.py's: :func:`vp_jax.models.generation.make_generate_fn` (the prior rollout of
 :func:`vp_jax.models.rollout.generate`), the conditions standardised as in training, the output
 rounded to uint8 as evaluation rounds it before scoring. With the same checkpoint, key and
 sequences per call, the frames are the ones ``eval.py`` scores.
@@ -20,9 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vp_jax import metrics
+from vp_jax.config import BN_MODES, load_workdir_config, run_config
+from vp_jax.data.pipeline import condition_stats, open_split, standardize
 from vp_jax.errors import ConfigError, DataError
-from vp_jax.generation import evaluation_key, make_generate_fn
+from vp_jax.evaluation import metrics
+from vp_jax.models.generation import evaluation_key, make_generate_fn
+from vp_jax.store.checkpoints import CheckpointStore
+from vp_jax.store.state import create_train_state
 
 
 class Predictor:
@@ -39,8 +43,6 @@ class Predictor:
 
     def __init__(self, config, params, batch_stats, *, cond_stats: dict | None = None, bn_mode: str | None = None,
                  batch_size: int | None = None, step: int | None = None):
-        from vp_jax.config import BN_MODES, run_config
-
         self.run = run = run_config(config)
         self.model_cfg = run.model
         self.n_past = run.n_past
@@ -79,10 +81,6 @@ class Predictor:
         given. Errors (no workdir, no or damaged checkpoint, missing data) are one-line
         :class:`vp_jax.errors.VPError`.
         """
-        from vp_jax.config import load_workdir_config, run_config
-        from vp_jax.training.checkpoints import CheckpointStore
-        from vp_jax.training.state import create_train_state
-
         run = run_config(load_workdir_config(workdir, data_root))
         abstract = jax.eval_shape(lambda k: create_train_state(run, k), jax.random.key(0))
         absl_log = logging.getLogger("absl")
@@ -94,8 +92,6 @@ class Predictor:
         finally:
             absl_log.setLevel(level)
         if run.data.normalize_condition and run.model.cond_dim and cond_stats is None:
-            from vp_jax.data.pipeline import condition_stats, open_split
-
             cond_stats = condition_stats(open_split(run.data, "train"))
         predictor = cls(run, state.params, state.batch_stats, cond_stats=cond_stats, bn_mode=bn_mode,
                         batch_size=batch_size, step=int(state.step))
@@ -164,8 +160,6 @@ class Predictor:
 
     def standardize(self, conditions: np.ndarray) -> np.ndarray:
         """Raw conditions -> the model's input, as the data pipeline computes it."""
-        from vp_jax.data.pipeline import standardize
-
         c = np.asarray(conditions, np.float32)
         if self.cond_stats is None:
             return c
@@ -194,7 +188,7 @@ class Predictor:
             included (row t conditions frame t); None for a model without conditions (then
             ``horizon=T``).
           num_samples: futures per sequence (latent samples from the learned prior).
-          key: a ``jax.random`` key or an int seed; default :func:`vp_jax.generation.evaluation_key`. Sequences go
+          key: a ``jax.random`` key or an int seed; default :func:`vp_jax.models.generation.evaluation_key`. Sequences go
             through the model ``batch_size`` at a time; call i draws from ``fold_in(key, i)``,
             sample s from ``fold_in(fold_in(key, i), s)``, as in eval.py.
 

@@ -1,17 +1,8 @@
-"""Data: readers of the lab folders, the BAIR release's TFRecords and TFDS BAIR, the BAIR
-converter, the pushbot generator, ``inspect``, the packed cache and the batch pipeline. Most users
-need only :func:`open_split` and :class:`BatchIterator`.
+"""Data: readers of the lab folders (``lab_folders``), the BAIR release's TFRecords (``bair``,
+``records``) and TFDS BAIR (``tfds_bair``), the pushbot generator (``pushbot``), ``inspect``, the
+packed cache (``cache``) and the batch pipeline (``pipeline``: most users need only
+:func:`~vp_jax.data.pipeline.open_split` and :class:`~vp_jax.data.pipeline.BatchIterator`).
 
-Importing this package does not import TensorFlow Datasets or JAX (both are loaded on use).
+Importing this package imports none of its modules, so each runs as ``python -m vp_jax.data.<name>``;
+none of them imports TensorFlow Datasets or JAX until it is used.
 """
-
-from vp_jax.data.pipeline import (
-    BatchIterator,
-    SequenceSource,
-    cache_path,
-    condition_stats,
-    eval_batches,
-    open_split,
-)
-
-__all__ = ["BatchIterator", "SequenceSource", "cache_path", "condition_stats", "eval_batches", "open_split"]

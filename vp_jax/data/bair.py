@@ -62,7 +62,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vp_jax.data.lab_folders import natural_key, sequence_files, write_sequence
-from vp_jax.data.records import count_records, feature_values, parse_example, read_records
+from vp_jax.data.records import (
+    count_records,
+    feature_values,
+    parse_example,
+    read_records,
+)
 from vp_jax.errors import DataError, cli_main
 from vp_jax.fileio import write_json
 

@@ -30,6 +30,9 @@ from collections.abc import Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
+from vp_jax.data.bair import BairRecords
+from vp_jax.data.lab_folders import LabFolders
+from vp_jax.data.tfds_bair import TfdsBair
 from vp_jax.errors import DataError
 
 FORMAT_VERSION = 1
@@ -249,19 +252,13 @@ def build_cache(
     """
     meta = dict(source=source, root=normalize_root(root), split=split)
     if source in ("lab", "pushbot"):
-        from vp_jax.data.lab_folders import LabFolders
-
         folders = LabFolders(root, split, num_frames)
         items = folders.iter_sequences(skip_bad=skip_bad, workers=workers)
         count = len(folders)
     elif source in CAMERA_SOURCES:
         if source == "tfds":
-            from vp_jax.data.tfds_bair import TfdsBair
-
             reader = TfdsBair(root, split, camera=camera, validate_count=tfds_validate)
         else:
-            from vp_jax.data.bair import BairRecords
-
             reader = BairRecords(root, split, camera=camera)
         if num_frames > reader.num_frames:
             raise DataError(f"{reader.name}: sequences have {reader.num_frames} frames, {num_frames} needed")

@@ -34,7 +34,10 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
-from vp_jax.data.lab_folders import SPLITS
+from vp_jax.data.bair import BairRecords, finished_manifest, release_root
+from vp_jax.data.lab_folders import SPLITS, LabFolders, contact_sheet
+from vp_jax.data.pushbot import MARKER
+from vp_jax.data.tfds_bair import DATASET, TfdsBair
 from vp_jax.errors import DataError, cli_main
 from vp_jax.fileio import atomic_path
 
@@ -62,10 +65,6 @@ UNITS = {
 
 def detect_source(root: str) -> str:
     """Which reader ``root`` needs: 'pushbot', 'tfds', 'bair' or 'lab' (see the module docstring)."""
-    from vp_jax.data.bair import release_root
-    from vp_jax.data.pushbot import MARKER
-    from vp_jax.data.tfds_bair import DATASET
-
     if not os.path.isdir(root):
         raise DataError(f"{root}: not found")
     if os.path.isfile(os.path.join(root, MARKER)):
@@ -88,32 +87,13 @@ def detect_source(root: str) -> str:
 def _split_reader(source: str, root: str, split: str, camera: str):
     """(number of sequences, iterator of ``(name, (frames, cond) | DataError)``) of one split."""
     if source in ("lab", "pushbot"):
-        from vp_jax.data.lab_folders import LabFolders
-
         reader = LabFolders(root, split)
         return len(reader), reader.iter_sequences(skip_bad=True)
     if source == "bair":
-        from vp_jax.data.bair import BairRecords
-
         reader = BairRecords(root, split, camera)
     else:
-        from vp_jax.data.tfds_bair import TfdsBair
-
         reader = TfdsBair(root, split, camera=camera)
     return len(reader), reader.iter_sequences(skip_bad=True)
-
-
-def contact_sheet(videos: list[np.ndarray], frames=None, scale: int = 2) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` image: one row per video (uint8 ``[T, 64, 64, 3]``), the chosen frames
-    (default every third) across, each framed by a 1-pixel white border, enlarged ``scale`` times."""
-    if frames is None:
-        frames = range(0, len(videos[0]), 3)
-    rows = [
-        np.concatenate([np.pad(video[t], ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in frames], axis=1)
-        for video in videos
-    ]
-    grid = np.concatenate(rows, axis=0)
-    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
 
 
 def inspect(
@@ -138,8 +118,6 @@ def inspect(
     if source == "pushbot":
         camera = "synthetic"
     elif source == "lab":
-        from vp_jax.data.bair import finished_manifest
-
         manifest = finished_manifest(root)  # folders written by python -m vp_jax.data.bair name their camera
         camera = manifest["camera"] if manifest else "unknown"
     n_cols = len(COLUMNS)

@@ -31,7 +31,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image  # imageio's own PNG backend; used directly because it is ~2x faster to open
+from PIL import (
+    Image,  # imageio's own PNG backend; used directly because it is ~2x faster to open
+)
 
 from vp_jax.errors import DataError
 
@@ -260,3 +262,16 @@ def write_sequence(seq_dir: str, files: list[tuple[str, bytes]]) -> None:
     for name, data in files:
         with open(os.path.join(seq_dir, name), "wb") as f:
             f.write(data)
+
+
+def contact_sheet(videos: list[np.ndarray], frames=None, scale: int = 2) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` image: one row per video (uint8 ``[T, 64, 64, 3]``), the chosen frames
+    (default every third) across, each framed by a 1-pixel white border, enlarged ``scale`` times."""
+    if frames is None:
+        frames = range(0, len(videos[0]), 3)
+    rows = [
+        np.concatenate([np.pad(video[t], ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in frames], axis=1)
+        for video in videos
+    ]
+    grid = np.concatenate(rows, axis=0)
+    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from vp_jax.data import cache
+from vp_jax.data import cache, pushbot
+from vp_jax.data.tfds_bair import LazyArray, TfdsBair
 from vp_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -114,15 +115,11 @@ def open_split(data_cfg, split: str) -> SequenceSource:
     if source not in cache.SOURCES:
         raise DataError(f"config.data.source = {source!r}: expected one of {cache.SOURCES}")
     if source == "pushbot":
-        from vp_jax.data import pushbot
-
         if pushbot.ensure_pushbot(root, pushbot.Spec(**data_cfg.pushbot)):
             log.info("generated pushbot data at %s", root)
 
     path = cache_path(data_cfg, split)
     if not path:  # TFDS read directly
-        from vp_jax.data.tfds_bair import LazyArray, TfdsBair
-
         reader = TfdsBair(root, split, camera=data_cfg.camera, validate_count=tfds_validate)
         src = SequenceSource(
             LazyArray(reader, "frames"), LazyArray(reader, "cond"), name=f"tfds:{reader.name}", reader=reader
@@ -218,11 +215,10 @@ class _BatchMaker:
     that is dropped is garbage-collected and its ``__del__`` stops the thread.
     """
 
-    def __init__(self, source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last, cond_stats, sharding,
-                 rows=None):
+    def __init__(self, source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last, cond_stats, rows=None):
         self.source, self.batch_size, self.seq_len, self.seed = source, batch_size, seq_len, int(seed)
         self.shuffle, self.random_offset, self.start, self.pad_last = shuffle, random_offset, start, pad_last
-        self.sharding, self.rows = sharding, rows
+        self.rows = rows
         self.standardizer = None if cond_stats is None else _mean_and_inverse_std(cond_stats)  # once, not per batch
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
@@ -275,14 +271,6 @@ class _BatchMaker:
             batch["mask"] = real
         return batch
 
-    def produce(self, epoch: int, position: int) -> dict:
-        batch = self.make_batch(epoch, position)
-        if self.sharding is not None:
-            import jax  # only when batches go to devices: the data tools do not need JAX
-
-            batch = jax.device_put(batch, self.sharding)
-        return batch
-
 
 def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
     """Put unless told to stop; False if stopped."""
@@ -302,7 +290,7 @@ def _prefetch(maker: _BatchMaker, steps_per_epoch, epochs, epoch, position, out,
             if epochs is not None and epoch >= epochs:
                 _put(out, _END, stop)
                 return
-            if not _put(out, (epoch, position, maker.produce(epoch, position)), stop):
+            if not _put(out, (epoch, position, maker.make_batch(epoch, position)), stop):
                 return
             position += 1
             if position >= steps_per_epoch:
@@ -333,16 +321,13 @@ class BatchIterator:
       random_offset: start each window at a random frame in ``[0, S - seq_len]``.
       cond_stats: ``{'mean', 'std'}`` from :func:`condition_stats` to standardise ``cond``; None = raw.
       prefetch: batches prepared ahead by a background thread (0 = none, build on demand).
-      sharding: a ``jax.sharding.Sharding`` (e.g. ``NamedSharding(mesh, P('data'))``): batches
-        are put on the devices, split over the batch axis; B must divide evenly (use ``pad_last``
-        for evaluation).
       epochs: stop after this many epochs (None = repeat forever).
       start: first frame of each window when ``random_offset`` is False.
       pad_last: with ``drop_remainder=False``, pad the last batch to B by repeating its last
         sequence and add ``'mask'`` (True = real sequence) to every batch.
       rows: a ``slice`` of each batch's B rows: only these sequences are read and yielded (one
         process's share of a global batch in a multi-process run,
-        :func:`vp_jax.parallel.process_batch_slice`); the order, the epochs and the state are
+        :func:`vp_jax.runtime.parallel.process_batch_slice`); the order, the epochs and the state are
         those of the whole batch, so :meth:`get_state` / :meth:`set_state` carry over between
         runs with different numbers of processes.
     """
@@ -358,7 +343,6 @@ class BatchIterator:
         random_offset: bool = False,
         cond_stats: dict | None = None,
         prefetch: int = 2,
-        sharding=None,
         *,
         epochs: int | None = None,
         start: int = 0,
@@ -379,7 +363,7 @@ class BatchIterator:
         self.steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
         self._maker = _BatchMaker(
             source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last and not drop_remainder,
-            cond_stats, sharding, rows,
+            cond_stats, rows,
         )
         self._epoch, self._position = 0, 0  # the next batch the consumer gets
         self._thread: threading.Thread | None = None
@@ -410,7 +394,7 @@ class BatchIterator:
         if self.epochs is not None and self._epoch >= self.epochs:
             raise StopIteration
         if self.prefetch == 0:
-            batch = self._maker.produce(self._epoch, self._position)
+            batch = self._maker.make_batch(self._epoch, self._position)
         else:
             if self._thread is None:
                 self._queue = queue.Queue(maxsize=self.prefetch)
@@ -473,7 +457,6 @@ def eval_batches(
     batch_size: int,
     seq_len: int,
     cond_stats: dict | None = None,
-    sharding=None,
     pad_last: bool = False,
     prefetch: int = 2,
 ) -> BatchIterator:
@@ -489,7 +472,6 @@ def eval_batches(
         drop_remainder=False,
         cond_stats=cond_stats,
         prefetch=prefetch,
-        sharding=sharding,
         epochs=1,
         pad_last=pad_last,
     )

@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from vp_jax.data import cache
+from vp_jax.data import cache, pushbot
 from vp_jax.errors import DataError, cli_main
 
 
@@ -52,8 +52,6 @@ def main(argv=None) -> None:
         p.error(f"required: {' '.join(missing)}")
 
     if args.source == "pushbot":
-        from vp_jax.data import pushbot
-
         spec = pushbot.Spec(args.train, args.validate, args.test, args.seed, args.version, args.frames)
         if pushbot.ensure_pushbot(args.root, spec.check()):
             print(f"generated pushbot data at {args.root}")

@@ -70,7 +70,12 @@ import time
 import imageio.v3 as iio
 import numpy as np
 
-from vp_jax.data.lab_folders import encode_png, sequence_files, write_sequence  # noqa: F401 (encode_png: public here too)
+from vp_jax.data.lab_folders import (  # noqa: F401 (encode_png: public here too)
+    contact_sheet,
+    encode_png,
+    sequence_files,
+    write_sequence,
+)
 from vp_jax.errors import DataError, cli_main
 
 VERSION = 2  # what generate() writes unless asked for another; VERSIONS lists those it can write
@@ -449,7 +454,7 @@ def replay(ep: Episode, rng: np.random.Generator, since: int) -> Episode:
     (``ep.seen``), and the wanderer's turns, stops and starts from the move into frame ``since``
     on. The gripper's path, the actions and the fingers are kept. The set of such replays is
     what a model given the context and the conditions cannot tell apart: the futures its latent
-    has to cover (:func:`vp_jax.metrics.latent_bound`). ``replay`` with the episode's own draws
+    has to cover (:func:`vp_jax.evaluation.metrics.latent_bound`). ``replay`` with the episode's own draws
     (``rng`` that draws nothing new, e.g. ``since`` = T) returns the episode's objects exactly.
     """
     fresh = draw_hidden(rng, ep.version, len(ep.obj_radius), len(ep.positions))
@@ -770,8 +775,6 @@ def ensure_pushbot(root: str, spec: Spec = Spec()) -> bool:
 
 def save_preview(path: str, spec: Spec = Spec(), split: str = "train", sequences: int = 4):
     """Write a PNG grid: one row per sequence, every third frame across (for a quick look)."""
-    from vp_jax.data.inspect import contact_sheet
-
     videos = [generate_sequence(spec.seed, split, i, spec.num_frames, spec.version)[0] for i in range(sequences)]
     iio.imwrite(path, contact_sheet(videos, tuple(range(0, spec.num_frames, 3))))
 

@@ -153,7 +153,9 @@ def parse_example(data: bytes, name: str):
     ``.int64_list.value``; :func:`feature_values` checks which.
     """
     from google.protobuf.message import DecodeError
-    from tensorflow_datasets.proto import tf_example_pb2  # ~0.5 s the first time: only readers need it
+    from tensorflow_datasets.proto import (
+        tf_example_pb2,  # ~0.5 s the first time: only readers need it
+    )
 
     try:
         return tf_example_pb2.Example.FromString(data).features.feature

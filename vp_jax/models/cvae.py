@@ -4,7 +4,7 @@ The module owns five submodules, whose parameter subtrees carry their names: ``e
 ``decoder``, ``frame_predictor``, ``posterior`` and (learned prior only) ``prior``.  It has no
 recurrent state of its own: each method maps explicit inputs (and an explicit LSTM state) to
 outputs, so the rollout over frames (:mod:`vp_jax.models.rollout`, for training and
-``vp_jax.generation`` for prediction) is a ``lax.scan`` whose carry holds the LSTM states and the
+``vp_jax.models.generation`` for prediction) is a ``lax.scan`` whose carry holds the LSTM states and the
 BatchNorm running statistics.  Call the methods through ``model.apply(variables, ...,
 method=ConditionalVAE.encode, mutable=['batch_stats'])``.
 

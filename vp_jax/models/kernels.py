@@ -5,7 +5,7 @@ autodiff derives (docs/performance.md), plus the fusion boundary ``materialized`
 Each has the same values and gradients as the plain ``jax.lax`` / ``flax`` operation, which the
 tests check. The layers call the switches ``conv``, ``gather_steps``, ``pool_2x2`` and
 ``upsample_2x``: these kernels on a CPU, the plain operations elsewhere
-(:func:`vp_jax.backend.cpu_kernels`).
+(:func:`vp_jax.runtime.backend.cpu_kernels`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vp_jax.backend import cpu_kernels
+from vp_jax.runtime.backend import cpu_kernels
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -79,7 +79,7 @@ conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 
 def conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
     """The model's stride-1 convolution: :func:`conv_nhwc` (hand-written kernel gradient) with the
-    CPU paths (:func:`vp_jax.backend.cpu_kernels`), ``lax.conv_general_dilated`` and its autodiff
+    CPU paths (:func:`vp_jax.runtime.backend.cpu_kernels`), ``lax.conv_general_dilated`` and its autodiff
     gradient on other backends."""
     return conv_nhwc(x, kernel, padding) if cpu_kernels() else _conv(x, kernel, padding)
 

@@ -12,7 +12,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vp_jax.models.layers import BatchNorm, Dtype, bias_init, torch_uniform_init, weight_init
+from vp_jax.models.layers import (
+    BatchNorm,
+    Dtype,
+    bias_init,
+    torch_uniform_init,
+    weight_init,
+)
 
 LSTMState = tuple  # ((c, h), ...) one pair per layer, each [B, hidden]
 

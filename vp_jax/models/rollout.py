@@ -15,7 +15,7 @@ One frame step t (docs/model.md)::
 * :func:`generate` -- prediction: the context frames warm up the LSTMs (posterior on the ground
   truth), then z_t from the prior and the encoder fed the model's own predictions.
 
-Both return the Gaussians of q and p per step; the losses (:mod:`vp_jax.losses`) turn them into
+Both return the Gaussians of q and p per step; the losses (:mod:`vp_jax.models.losses`) turn them into
 the KL. Which frame's encoder skips the decoder gets is :func:`skip_source`, one rule for all.
 """
 
@@ -25,15 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vp_jax.backend import scan_unroll
 from vp_jax.config import ModelConfig
 from vp_jax.errors import DataError
 from vp_jax.models.cvae import ConditionalVAE, check_cond, check_n_past, initial_state
+from vp_jax.runtime.backend import scan_unroll
 
 
 def default_unroll():
     """``lax.scan`` unroll of the rollout: fully unrolled on CPU, a rolled loop elsewhere
-    (:func:`vp_jax.backend.scan_unroll`).
+    (:func:`vp_jax.runtime.backend.scan_unroll`).
 
     XLA:CPU runs convolution *gradients* inside a while loop 10-30x slower than the same
     convolutions outside one (jax-ml/jax#12868; measured here: 10.4 s vs 0.7 s per step of a

@@ -15,8 +15,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vp_jax.models.condition import ConditionField
-from vp_jax.models.layers import SAME_3X3, BatchNorm, Conv, Dtype, VGGLayer, gather_steps, weight_init
 from vp_jax.models.kernels import pool_2x2, upsample_2x
+from vp_jax.models.layers import (
+    SAME_3X3,
+    BatchNorm,
+    Conv,
+    Dtype,
+    VGGLayer,
+    gather_steps,
+    weight_init,
+)
 
 #: number of vgg_layers per encoder stage (64, 32, 16, 8 pixels).
 ENCODER_STAGE_DEPTHS = (2, 2, 3, 3)

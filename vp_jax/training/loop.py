@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from vp_jax import parallel, visualize
 from vp_jax.config import RunConfig, run_config, save_config_json
 from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
-from vp_jax.evaluation import Validator
-from vp_jax.training.checkpoints import CheckpointStore
-from vp_jax.training.state import create_train_state
+from vp_jax.report import visualize
+from vp_jax.runtime import parallel
+from vp_jax.store.checkpoints import CheckpointStore
+from vp_jax.store.state import create_train_state
 from vp_jax.training.step import make_train_step
 from vp_jax.training.workdir import (
     METRIC_COLUMNS,
@@ -48,19 +48,23 @@ LOG_EVERY = 10  # steps between reads of the metrics by the host
 log = logging.getLogger(__name__)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train(config, workdir: str, validator) -> dict:
     """Train ``config`` (an ``ml_collections.ConfigDict`` or its :class:`~vp_jax.config.RunConfig`)
     in ``workdir`` (resuming what is there); return the last epoch's row.
 
+    ``validator(run, source, key, cond_stats=, mesh=)`` builds the per-epoch validation: a callable
+    ``state -> (row values, scores)`` (:class:`vp_jax.evaluation.scoring.Validator`, which
+    :func:`vp_jax.train_and_evaluate` hands in).
+
     Progress lines (one per epoch, resuming, interruptions) and warnings go to the ``vp_jax``
-    logger; train.py shows them (:func:`vp_jax.cli.show_messages`), a program can do the same.
+    logger; train.py shows them (:func:`vp_jax.tools.cli.show_messages`), a program can do the same.
 
     A run that fails (bad input, non-finite losses) or is interrupted before its first checkpoint
     in a new or empty ``workdir`` leaves no workdir behind.
     """
     run = run_config(config)  # checked and typed once; passed down from here
     with open_workdir(run, workdir):
-        return _train(run, workdir)
+        return _train(run, workdir, validator)
 
 
 @dataclasses.dataclass
@@ -75,10 +79,10 @@ class _Run:
     main: bool
     base_key: jax.Array
     train_step: object
-    validator: Validator | None
+    validator: object
 
 
-def _train(config: RunConfig, workdir: str) -> dict:
+def _train(config: RunConfig, workdir: str, make_validator) -> dict:
     mesh = parallel.auto_mesh(config.config)
     # Process 0 first: it generates or packs the data if missing; the others then open it.
     train_src, val_src = parallel.main_process_first(
@@ -95,7 +99,7 @@ def _train(config: RunConfig, workdir: str) -> dict:
     with CheckpointStore(workdir, keep=config.checkpoint_keep) as store:
         main = parallel.is_main_process()
         state, start_epoch, start_iter, sums, history = _resume(config, workdir, store, state, batches, main)
-        validator = Validator(config, val_src, val_key, cond_stats=cond_stats, mesh=mesh)
+        validator = make_validator(config, val_src, val_key, cond_stats=cond_stats, mesh=mesh)
         run = _Run(config, workdir, store, batches, mesh, main, base_key, make_train_step(config), validator)
         state = parallel.put_replicated(state, mesh)
         if mesh is not None:
@@ -109,11 +113,11 @@ def _epochs(run: _Run, stop, state, start_epoch: int, start_iter: int, sums, his
     """The epoch loop: train, validate, checkpoint, metrics.csv and plots, one line per epoch."""
     config, store = run.config, run.store
     row = history.iloc[-1].to_dict() if len(history) else {}
-    for epoch in range(start_epoch, config.train.niter):
-        t0, last = time.time(), epoch == config.train.niter - 1
+    for epoch in range(start_epoch, config.train.epochs):
+        t0, last = time.time(), epoch == config.train.epochs - 1
         state, sums, bad = _train_epoch(run, stop, state, sums, epoch, start_iter)
         row = {k: (sums[k] / sums["count"] if sums["count"] else float("nan")) for k in STEP_METRICS}
-        row.update(step=int(state.step), epoch=epoch, **{k: float("nan") for k in VAL_COLUMNS})
+        row.update(step=int(state.step), epoch=epoch + 1, **{k: float("nan") for k in VAL_COLUMNS})  # 1-based
         if (epoch + 1) % config.eval.every_epochs == 0 or last:
             row.update(_validate_and_show(run, state, epoch))
         row.update(seconds=time.time() - t0, rss_mb=rss_mb())
@@ -145,7 +149,7 @@ def _resume(config, workdir, store, state, batches, main):
         state, meta = restored
         batches.set_state(meta["iterator"])
         start_epoch, start_iter, sums, last_row = meta["epoch"], meta["iteration"], meta.get("epoch_sums"), meta.get("row")
-        log.info("resuming %s at step %d (epoch %d, iteration %d)", workdir, int(state.step), start_epoch, start_iter)
+        log.info("resuming %s at step %d (epoch %d, iteration %d)", workdir, int(state.step), start_epoch + 1, start_iter)
     metrics_path = os.path.join(workdir, "metrics.csv")
     history = read_metrics(metrics_path, start_epoch)
     if main and last_row is not None and not (history["epoch"] == last_row["epoch"]).any():
@@ -194,7 +198,7 @@ def _train_epoch(run: _Run, stop, state, sums, epoch: int, start: int):
     epoch_size, max_bad = config.train.epoch_size, config.train.max_nonfinite
     acc = _device_sums(sums, max_bad)
     bar = tqdm(range(start, epoch_size), initial=start, total=epoch_size, dynamic_ncols=True, mininterval=1.0,
-               desc=f"epoch {epoch + 1}/{config.train.niter}")
+               desc=f"epoch {epoch + 1}/{config.train.epochs}")
     bad = 0
     for it in bar:
         state, m = train_step(state, parallel.put_process_batch(next(run.batches), run.mesh), run.base_key)
@@ -232,7 +236,7 @@ def _train_epoch(run: _Run, stop, state, sums, epoch: int, start: int):
 def _validate_and_show(run: _Run, state, epoch: int) -> dict:
     """The validation row values; GIFs of the first ``eval.num_gifs`` sequences."""
     config = run.config
-    val_row, scores = run.validator(state, keep=config.eval.num_gifs)
+    val_row, scores = run.validator(state)
     for j in range(min(config.eval.num_gifs, len(scores["pred"])) if run.main else 0):
         frames_true = np.concatenate([scores["context"][j], scores["target"][j]])
         frames_pred = np.concatenate([scores["context"][j], scores["pred"][j]])

@@ -1,7 +1,7 @@
 """The jitted train step: schedules, the teacher-forcing mask, the loss and its gradient, the update.
 
 The model's pass over the frames is :func:`vp_jax.models.rollout.rollout` and the loss terms are
-:mod:`vp_jax.losses`; this module draws the teacher-forcing mask, picks the rollout's path and
+:mod:`vp_jax.models.losses`; this module draws the teacher-forcing mask, picks the rollout's path and
 applies the optimiser. An iteration whose encoder inputs are all ground truth (the lab's tfr = 1)
 takes the rollout's teacher-forced path (decoder outside the scan): the same numbers up to float
 summation order (``tests/test_speed.py``), about 2x faster on a CPU.
@@ -15,11 +15,15 @@ import optax
 
 from vp_jax.config import TFR_MODES, ModelConfig, RunConfig, TrainConfig
 from vp_jax.errors import ConfigError, DataError
-from vp_jax.losses import objective, step_terms
+from vp_jax.models.losses import objective, step_terms
 from vp_jax.models.rollout import rollout
-from vp_jax.schedules import kl_beta_schedule, learning_rate_schedule, teacher_forcing_schedule
+from vp_jax.models.schedules import (
+    kl_beta_schedule,
+    learning_rate_schedule,
+    teacher_forcing_schedule,
+)
+from vp_jax.store.state import TrainState
 from vp_jax.training.accumulate import accumulate_gradients, check_accumulation
-from vp_jax.training.state import TrainState
 
 
 def teacher_forcing_mask(key: jax.Array, tfr, batch_size: int, num_frames: int, n_past: int, mode: str) -> jax.Array:
@@ -41,7 +45,7 @@ def rollout_loss(
     params, batch_stats, frames, cond, tf_mask, key, beta, *, model_cfg: ModelConfig, n_past: int, unroll=None,
     free_bits: float = 0.0, remat: bool = False,
 ):
-    """The optimised objective of one batch (:func:`vp_jax.losses.objective` of the posterior
+    """The optimised objective of one batch (:func:`vp_jax.models.losses.objective` of the posterior
     :func:`~vp_jax.models.rollout.rollout`, BatchNorm in training mode).
 
     Returns ``(loss, (metrics, new_batch_stats))``. ``tf_mask=None`` means every encoder input is
@@ -74,7 +78,7 @@ def make_train_step(run: RunConfig, unroll=None):
     learning rate are the schedules' values at ``state.step`` -- all traced, so the step compiles
     once per batch shape.
 
-    metrics: ``loss``, ``mse``, ``kl`` (see :func:`vp_jax.losses.objective`), ``beta``, ``tfr``, ``lr``
+    metrics: ``loss``, ``mse``, ``kl`` (see :func:`vp_jax.models.losses.objective`), ``beta``, ``tfr``, ``lr``
     (schedule value at this step), ``finite`` (1.0 when the gradients were finite and the update
     was applied; 0.0 when they were not and the update was skipped -- unless
     ``nonfinite_count`` exceeds ``train.max_nonfinite``, when optax applies it anyway) and

@@ -23,19 +23,18 @@ import shutil
 import filelock
 import pandas as pd
 import psutil
-from flax import traverse_util
 
-from vp_jax.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, load_config_json
+from vp_jax.config import RunConfig, flat_fields, load_config_json
 from vp_jax.errors import ConfigError, VPError
 from vp_jax.fileio import atomic_path, write_text
-from vp_jax.training.checkpoints import has_checkpoints
-
+from vp_jax.runtime import parallel
+from vp_jax.store.checkpoints import has_checkpoints
 
 VAL_COLUMNS = ["val_psnr", "val_psnr_moving", "val_action_sensitivity_db", "val_posterior_psnr", "val_copy_psnr"]
 METRIC_COLUMNS = ["step", "epoch", "loss", "mse", "kl", "beta", "tfr", "lr", *VAL_COLUMNS, "seconds", "rss_mb"]
 STEP_METRICS = ("loss", "mse", "kl", "beta", "tfr", "lr")
 # Fields a resumed run may change: how long to train and how to evaluate, not what is trained.
-RESUMABLE_CHANGES = ("train.niter", "eval.", "checkpoint.keep", "parallel.", "train.remat")
+RESUMABLE_CHANGES = ("train.epochs", "eval.", "checkpoint.keep", "parallel.", "train.remat")
 
 
 class TrainingStopped(VPError):
@@ -47,20 +46,9 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _flatten(d: dict) -> dict:
-    """``{'a.b': value}`` of a nested dict, tuples as lists (as config.json stores them)."""
-    flat = traverse_util.flatten_dict(d, sep=".")
-    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in flat.items()}
-
-
 def check_same_run(saved, config) -> None:
     """Refuse to resume a workdir with a config that would train something else."""
-    old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
-    # Fields that configs gained after the workdir was written: it was trained with their defaults
-    # (those the typed configs give a field that a config lacks).
-    defaults = _flatten({"model": dataclasses.asdict(ModelConfig()), "train": dataclasses.asdict(TrainConfig()),
-                         "eval": dataclasses.asdict(EvalConfig())})
-    old.update({k: defaults[k] for k in new if k not in old and k in defaults})
+    old, new = flat_fields(saved.to_dict()), flat_fields(config.to_dict())
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES):
             raise ConfigError(
@@ -101,12 +89,12 @@ class WorkdirLock:
 
 
 def read_metrics(path: str, upto_epoch: int) -> pd.DataFrame:
-    """Rows of an existing metrics.csv for epochs < ``upto_epoch`` (later ones are redone)."""
+    """Rows of an existing metrics.csv for epochs 1 .. ``upto_epoch`` (later ones are redone)."""
     if not os.path.exists(path):
         return pd.DataFrame(columns=METRIC_COLUMNS)
     try:
         frame = pd.read_csv(path)
-        frame = frame[frame["epoch"] < upto_epoch].reset_index(drop=True)
+        frame = frame[frame["epoch"] <= upto_epoch].reset_index(drop=True)
     except Exception as err:  # noqa: BLE001 - edited or damaged by hand
         raise VPError(f"{path}: unreadable ({type(err).__name__}); move it away to resume (it is rewritten from "
                       f"epoch {upto_epoch + 1} on)") from None
@@ -132,8 +120,6 @@ def open_workdir(run: RunConfig, workdir: str):
     train there (:func:`prepare_workdir`), and yield. A run that fails (bad input, non-finite
     losses) or is interrupted before its first checkpoint in a new or empty ``workdir`` leaves
     no workdir behind."""
-    from vp_jax import parallel
-
     if not parallel.is_main_process():  # a multi-process run: process 0 creates, locks and cleans up
         prepare_workdir(run, workdir)
         parallel.sync_processes("workdir open")

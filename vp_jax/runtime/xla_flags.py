@@ -16,7 +16,7 @@ installed and ``JAX_PLATFORMS`` unset), and does nothing at all with ``VP_JAX_NO
 
 Call it first thing in a command-line entry point, before any JAX computation::
 
-    from vp_jax.xla_flags import configure_xla_flags
+    from vp_jax.runtime.xla_flags import configure_xla_flags
     configure_xla_flags()
 
 Why these flags (measured on a 2-core AVX-512 CPU, jaxlib 0.10.2, lab model, batch 4; see
@@ -35,8 +35,8 @@ import subprocess
 import sys
 import warnings
 
-from vp_jax._compat import jax_backend_started
 from vp_jax.fileio import write_json
+from vp_jax.runtime.compat import jax_backend_started
 
 OPT_OUT_ENV = "VP_JAX_NO_XLA_FLAGS"
 
@@ -182,7 +182,7 @@ def configure_xla_flags(candidates: tuple[str, ...] = CPU_FLAGS, *, verbose: boo
         return []
     if _backend_started():
         warnings.warn(
-            "vp_jax.xla_flags.configure_xla_flags() was called after JAX started its backend; "
+            "vp_jax.runtime.xla_flags.configure_xla_flags() was called after JAX started its backend; "
             "the fast CPU flags are not applied (call it before any JAX computation)",
             stacklevel=2,
         )

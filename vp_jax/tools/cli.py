@@ -6,6 +6,8 @@ import logging
 import sys
 
 from vp_jax.errors import ConfigError
+from vp_jax.runtime.host_memory import configure_malloc
+from vp_jax.runtime.xla_flags import configure_xla_flags
 
 
 class _MessageHandler(logging.Handler):
@@ -48,9 +50,6 @@ def start(argv, options: str = "") -> None:
     before JAX starts), refuse stray arguments."""
     quiet_library_logs()
     show_messages()
-    from vp_jax.host_memory import configure_malloc
-    from vp_jax.xla_flags import configure_xla_flags
-
     configure_xla_flags()  # CPU only; VP_JAX_NO_XLA_FLAGS=1 opts out
     configure_malloc()  # CPU only; VP_JAX_NO_MALLOC_TUNING=1 opts out
     if len(argv) > 1:

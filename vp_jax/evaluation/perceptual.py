@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vp_jax.errors import ConfigError
-from vp_jax.extras import require
+from vp_jax.evaluation import metrics as M
+from vp_jax.evaluation.extras import require
+from vp_jax.fileio import json_number, json_numbers
 
 NETS = ("alex", "vgg")
 _PACKAGE_NAMES = {"alex": ("alexnet", "AlexNet"), "vgg": ("vgg16", "VGG16")}
@@ -113,7 +115,7 @@ def lpips_per_frame(pred, target, net: str = "alex"):
 
 
 class LPIPSScorer:
-    """An ``extra_scorers`` entry of :func:`vp_jax.evaluation.predict_and_score`: LPIPS of every
+    """An ``extra_scorers`` entry of :func:`vp_jax.evaluation.scoring.predict_and_score`: LPIPS of every
     sample and of the copy-last baseline, per frame.  ``result()``: ``lpips_<net>`` ``[N, S, T]``
     and ``copy_lpips_<net>`` ``[S, T]``."""
 
@@ -139,12 +141,9 @@ class LPIPSScorer:
 
 
 def summarize_lpips(scores: dict, summary: dict) -> None:
-    """Add the LPIPS numbers of :class:`LPIPSScorer` outputs to an :func:`vp_jax.evaluation.summarize`
+    """Add the LPIPS numbers of :class:`LPIPSScorer` outputs to an :func:`vp_jax.evaluation.scoring.summarize`
     summary: ``lpips_<net>`` (+ ``_per_frame``) for sample 0, in ``baseline_copy_last``, and with
     more than one sample in ``best_of_n`` (the sample with the lowest mean LPIPS) and ``mean_of_n``."""
-    from vp_jax import metrics as M
-    from vp_jax.fileio import json_number, json_numbers
-
     for key in sorted(k for k in scores if k.startswith("lpips_")):
         values = np.asarray(scores[key], np.float64)  # [N, S, T]
         summary[key] = json_number(values[0].mean())

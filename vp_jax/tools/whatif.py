@@ -1,7 +1,7 @@
 """What if the robot did something else? A trained model's predictions under edited actions.
 
-    python -m vp_jax.whatif --workdir runs/pushbot --sequence 3 --scale 0,0.5,1.5 --zero 1
-    python -m vp_jax.whatif --workdir runs/pushbot --sequence 3 --from-sequence 7 --actions my_actions.csv
+    python -m vp_jax.tools.whatif --workdir runs/pushbot --sequence 3 --scale 0,0.5,1.5 --zero 1
+    python -m vp_jax.tools.whatif --workdir runs/pushbot --sequence 3 --from-sequence 7 --actions my_actions.csv
 
 Takes sequence K of a split, keeps its context frames, edits the actions of the steps that move
 the robot into the predicted frames (action t, t >= n_past - 1, is the command for the move from
@@ -41,9 +41,18 @@ import dataclasses
 import os
 import sys
 
+import jax
 import numpy as np
 
+from vp_jax import fileio
+from vp_jax.config import load_workdir_config
+from vp_jax.data import pushbot
+from vp_jax.data.pipeline import open_split
 from vp_jax.errors import ConfigError, DataError, cli_main
+from vp_jax.evaluation import metrics
+from vp_jax.predictor import Predictor
+from vp_jax.report import visualize
+from vp_jax.tools import cli
 
 COMPONENTS = ("dx", "dy", "dz", "gripper")
 POSITION_COLUMNS = ("x", "y", "z")
@@ -176,8 +185,6 @@ def as_stored(values) -> np.ndarray:
 def pushbot_episode(run, split: str, index: int, frames, cond):
     """The pushbot episode of sequence ``index`` simulated again from the data set's seed, or
     ``(None, reason)`` when the stored sequence is not that episode."""
-    from vp_jax.data import pushbot
-
     if run.data.source != "pushbot":
         return None, f"data.source is {run.data.source!r}, not 'pushbot'"
     seed, version = int(run.data.pushbot["seed"]), int(run.data.pushbot.get("version", pushbot.VERSION))
@@ -193,15 +200,11 @@ def pushbot_episode(run, split: str, index: int, frames, cond):
 
 
 def _psnr(pred, target) -> float:
-    from vp_jax import metrics
-
     return float(np.mean(metrics.psnr_per_frame(np.asarray(pred, np.float32) / 255, np.asarray(target, np.float32) / 255)))
 
 
 def _psnr_where(pred, target, mask) -> float | None:
     """Mean PSNR over the frames that have pixels in ``mask [T, H, W]``, on those pixels."""
-    from vp_jax import metrics
-
     if not np.any(mask):
         return None
     per_frame = np.asarray(metrics.psnr_masked_per_frame(np.asarray(pred, np.float32) / 255,
@@ -217,143 +220,149 @@ def _change(a, b) -> float:
 # ----------------------------------------------------------------------------- the run
 
 
-def run(workdir: str, sequence: int, edits: list[Edit], *, split: str = "test", checkpoint="best",
-        n_future: int | None = None, data_root: str | None = None, out: str | None = None, seed: int | None = None,
-        predictor=None) -> dict:
-    """Predict sequence ``sequence`` of ``split`` under each edit and write the outputs; returns
-    the ``whatif.json`` dict. ``predictor``: a :class:`vp_jax.Predictor` of ``workdir`` already
-    loaded (else it is restored from ``checkpoint``)."""
-    import jax
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """One what-if: sequence ``sequence`` of ``split`` predicted under each of ``edits`` by the
+    ``checkpoint`` of ``workdir``; ``predict_frames`` (default: the config's), latent samples from
+    ``jax.random.key(seed)`` (default: eval.py's key); outputs in ``out`` (default
+    ``WORKDIR/whatif/<split>-<sequence>``)."""
 
-    from vp_jax import visualize
-    from vp_jax.data.pipeline import open_split
-    from vp_jax.evaluation import write_json, write_npz
-    from vp_jax.predictor import Predictor
+    workdir: str
+    sequence: int
+    edits: tuple
+    split: str = "test"
+    checkpoint: str = "best"
+    predict_frames: int | None = None
+    data_root: str | None = None
+    out: str | None = None
+    seed: int | None = None
 
-    if predictor is None:
-        predictor = Predictor.from_workdir(workdir, checkpoint, data_root=data_root)
-    run, n_past = predictor.run, predictor.n_past
-    n_future = int(run.n_eval - n_past if n_future is None else n_future)
-    if n_future < 1:
-        raise ConfigError(f"--n_future {n_future}: expected at least 1 frame to predict")
-    source = open_split(run.data, split)
-    count = len(source)
-    num_frames = n_past + n_future
-    if not 0 <= sequence < count:
-        raise DataError(f"--sequence {sequence}: {source.name} holds sequences 0..{count - 1}")
-    if num_frames > source.num_frames:
-        raise DataError(f"--n_future {n_future}: {source.name} has {source.num_frames} frames a sequence, "
-                        f"{n_past} + {n_future} needed")
-    for edit in edits:
-        if edit.kind == "from_sequence" and not 0 <= edit.value < count:
-            raise DataError(f"--from-sequence {edit.value}: {source.name} holds sequences 0..{count - 1}")
-    csv = {e.value: read_actions_csv(e.value, num_frames) for e in edits if e.kind == "actions"}
 
-    frames = np.asarray(source.frames[sequence])
-    cond = np.asarray(source.cond[sequence], np.float32)  # [S, 7] raw, as stored
-    episode, no_episode = pushbot_episode(run, split, sequence, frames, cond)
+def run(query: Query, predictor=None) -> dict:
+    """Predict the query's sequence under each edit and write the outputs; returns the
+    ``whatif.json`` dict (and ``out``). ``predictor``: a :class:`vp_jax.Predictor` of the workdir
+    already loaded (else it is restored from the query's checkpoint)."""
+    q = query
+    predictor = predictor or Predictor.from_workdir(q.workdir, q.checkpoint, data_root=q.data_root)
+    source, num_frames = _checked_source(q, predictor)
+    frames = np.asarray(source.frames[q.sequence])[:num_frames]
+    cond = np.asarray(source.cond[q.sequence], np.float32)  # [S, 7] raw, as stored
+    episode, no_episode = pushbot_episode(predictor.run, q.split, q.sequence, np.asarray(source.frames[q.sequence]), cond)
     gain = None if episode is not None else position_gain(source.cond[:])
-    base_actions = episode.actions if episode is not None else cond[:, :4].astype(np.float64)
-    truth = frames[:num_frames]
-    key = None if seed is None else jax.random.key(int(seed))
-
-    def predict(c):
-        return predictor.predict(truth[None, :n_past], c[None, :num_frames, : predictor.cond_dim], key=key)[0, 0]
-
-    from vp_jax.data import pushbot
-
+    key = None if q.seed is None else jax.random.key(int(q.seed))
     rows = []
-    for edit in [Edit("unedited")] + list(edits):
-        csv_actions, csv_positions = csv.get(edit.value, (None, None)) if edit.kind == "actions" else (None, None)
-        other = source.cond[edit.value, :, :4] if edit.kind == "from_sequence" else None
-        actions = edited_actions(edit, base_actions, n_past, other_actions=other, csv_actions=csv_actions)
-        counterfactual = None
-        if episode is not None:
-            ep = pushbot.with_actions(episode, actions)
-            positions = ep.positions
-            counterfactual = pushbot.render(ep)[:num_frames]
-            new_cond = as_stored(np.concatenate([actions, positions], axis=1))
-        else:
-            positions = approximate_positions(cond[:, :4], cond[:, 4:7], actions, gain, n_past)
-            new_cond = np.concatenate([actions, positions], axis=1).astype(np.float32)
-        if csv_positions is not None:  # positions given: used as given after the context
-            new_cond[n_past:num_frames, 4:7] = csv_positions[n_past:num_frames]
-        if edit.kind == "unedited":
-            new_cond = cond.copy()  # exactly the stored conditions
-        rows.append(dict(edit=edit, cond=new_cond, pred=predict(new_cond), counterfactual=counterfactual))
-
-    unedited = rows[0]["pred"]
-    target = truth[n_past:]
-    report_edits = []
-    for row in rows:
-        entry = {
-            "name": row["edit"].name,
-            "psnr_vs_truth": _psnr(row["pred"], target),
-            "mean_pixel_change": _change(row["pred"], unedited),
-        }
-        cf = row["counterfactual"]
-        if cf is not None:
-            cf = cf[n_past:]
-            differs = np.any(np.abs(cf.astype(np.int16) - target.astype(np.int16)) > 12, axis=-1)  # > 0.05 of 255
-            entry.update(
-                psnr_vs_counterfactual=_psnr(row["pred"], cf),
-                counterfactual_psnr_vs_truth=_psnr(cf, target),
-                counterfactual_mean_pixel_change=_change(cf, target),
-                changed_pixel_fraction=float(np.mean(differs)),
-                changed_pixels_psnr_vs_truth=_psnr_where(row["pred"], target, differs),
-                changed_pixels_psnr_vs_counterfactual=_psnr_where(row["pred"], cf, differs),
-            )
-        report_edits.append(entry)
-
+    for edit in (Edit("unedited"), *q.edits):
+        new_cond, counterfactual = _edited_condition(edit, source, cond, episode, gain, predictor.n_past, num_frames)
+        pred = predictor.predict(frames[None, : predictor.n_past], new_cond[None, :num_frames, : predictor.cond_dim],
+                                 key=key)[0, 0]
+        rows.append(dict(edit=edit, cond=new_cond, pred=pred, counterfactual=counterfactual))
     if episode is not None:
-        positions_note = ("pushbot: the sequence simulated again under each edit (same scene, hidden frictions and "
-                          "execution noise); positions and the true counterfactual frames come from the simulation")
+        positions = ("pushbot: the sequence simulated again under each edit (same scene, hidden frictions and "
+                     "execution noise); positions and the true counterfactual frames come from the simulation")
     else:
-        positions_note = (f"approximate: recorded position steps plus gain x action change, gain per axis "
-                          f"{[round(float(g), 6) for g in gain]} fitted on {source.name}"
-                          + (f" ({no_episode})" if no_episode else ""))
+        positions = (f"approximate: recorded position steps plus gain x action change, gain per axis "
+                     f"{[round(float(g), 6) for g in gain]} fitted on {source.name}"
+                     + (f" ({no_episode})" if no_episode else ""))
+    n_past = predictor.n_past
     report = {
-        "workdir": os.path.abspath(workdir),
-        "checkpoint": str(checkpoint),
-        "checkpoint_step": predictor.step,
-        "split": split,
-        "sequence": int(sequence),
-        "n_past": n_past,
+        "workdir": os.path.abspath(q.workdir), "checkpoint": str(q.checkpoint), "checkpoint_step": predictor.step,
+        "split": q.split, "sequence": int(q.sequence), "n_past": n_past,
         "predicted_frames": list(range(n_past, num_frames)),
         "edited_steps": f"actions {n_past - 1}..{num_frames - 1} (action t moves frame t to t+1)",
-        "positions": positions_note,
-        "true_counterfactual": episode is not None,
+        "positions": positions, "true_counterfactual": episode is not None,
         "psnr": "lab PSNR (mean over channels of 10 log10(1/MSE)), averaged over the predicted frames",
         "mean_pixel_change": "mean |prediction - unedited prediction| over the predicted frames, grey levels 0..255",
-        "edits": report_edits,
+        "edits": [_scores(row, rows[0]["pred"], frames[n_past:], n_past) for row in rows],
     }
-    out = out or os.path.join(workdir, "whatif", f"{split}-{sequence}")
+    report["out"] = q.out or os.path.join(q.workdir, "whatif", f"{q.split}-{q.sequence}")
+    _write(report, rows, frames, n_past)
+    return report
+
+
+def _checked_source(q: Query, predictor):
+    """The split and the frames a sequence the query needs, checked against it."""
+    run, n_past = predictor.run, predictor.n_past
+    predict_frames = int(run.n_eval - n_past if q.predict_frames is None else q.predict_frames)
+    if predict_frames < 1:
+        raise ConfigError(f"--predict_frames {predict_frames}: expected at least 1 frame to predict")
+    source = open_split(run.data, q.split)
+    count, num_frames = len(source), n_past + predict_frames
+    if not 0 <= q.sequence < count:
+        raise DataError(f"--sequence {q.sequence}: {source.name} holds sequences 0..{count - 1}")
+    if num_frames > source.num_frames:
+        raise DataError(f"--predict_frames {predict_frames}: {source.name} has {source.num_frames} frames a sequence, "
+                        f"{n_past} + {predict_frames} needed")
+    for edit in q.edits:
+        if edit.kind == "from_sequence" and not 0 <= edit.value < count:
+            raise DataError(f"--from-sequence {edit.value}: {source.name} holds sequences 0..{count - 1}")
+        if edit.kind == "actions":
+            read_actions_csv(edit.value, num_frames)
+    return source, num_frames
+
+
+def _edited_condition(edit: Edit, source, cond, episode, gain, n_past: int, num_frames: int):
+    """``(conditions [S, 7], true counterfactual frames or None)`` under one edit."""
+    csv_actions, csv_positions = read_actions_csv(edit.value, num_frames) if edit.kind == "actions" else (None, None)
+    other = source.cond[edit.value, :, :4] if edit.kind == "from_sequence" else None
+    base = episode.actions if episode is not None else cond[:, :4].astype(np.float64)
+    actions = edited_actions(edit, base, n_past, other_actions=other, csv_actions=csv_actions)
+    counterfactual = None
+    if episode is not None:
+        ep = pushbot.with_actions(episode, actions)
+        counterfactual = pushbot.render(ep)[:num_frames]
+        new_cond = as_stored(np.concatenate([actions, ep.positions], axis=1))
+    else:
+        positions = approximate_positions(cond[:, :4], cond[:, 4:7], actions, gain, n_past)
+        new_cond = np.concatenate([actions, positions], axis=1).astype(np.float32)
+    if csv_positions is not None:  # positions given: used as given after the context
+        new_cond[n_past:num_frames, 4:7] = csv_positions[n_past:num_frames]
+    if edit.kind == "unedited":  # exactly the stored conditions
+        new_cond = cond.copy()
+    return new_cond, counterfactual
+
+
+def _scores(row: dict, unedited, target, n_past: int) -> dict:
+    """One edit's entry of ``whatif.json``."""
+    entry = {"name": row["edit"].name, "psnr_vs_truth": _psnr(row["pred"], target),
+             "mean_pixel_change": _change(row["pred"], unedited)}
+    if row["counterfactual"] is not None:
+        cf = row["counterfactual"][n_past:]
+        differs = np.any(np.abs(cf.astype(np.int16) - target.astype(np.int16)) > 12, axis=-1)  # > 0.05 of 255
+        entry.update(
+            psnr_vs_counterfactual=_psnr(row["pred"], cf),
+            counterfactual_psnr_vs_truth=_psnr(cf, target),
+            counterfactual_mean_pixel_change=_change(cf, target),
+            changed_pixel_fraction=float(np.mean(differs)),
+            changed_pixels_psnr_vs_truth=_psnr_where(row["pred"], target, differs),
+            changed_pixels_psnr_vs_counterfactual=_psnr_where(row["pred"], cf, differs),
+        )
+    return entry
+
+
+def _write(report: dict, rows: list[dict], truth, n_past: int) -> None:
+    """whatif.png, whatif.gif, whatif.npz and whatif.json in ``report['out']``."""
+    out, true_cf = report["out"], report["true_counterfactual"]
     os.makedirs(out, exist_ok=True)
     strip_rows, strip_labels, gif_rows, gif_labels = [truth], ["ground truth"], [], []
     for row in rows:
-        name = row["edit"].name
-        full = np.concatenate([truth[:n_past], row["pred"]])
+        name, full = row["edit"].name, np.concatenate([truth[:n_past], row["pred"]])
         strip_rows.append(full)
         strip_labels.append(f"{name}: prediction")
-        if row["counterfactual"] is not None and row["edit"].kind != "unedited":
+        if true_cf and row["edit"].kind != "unedited":
             strip_rows.append(row["counterfactual"])
             strip_labels.append(f"{name}: true")
         gif_rows.append([full, truth if row["edit"].kind == "unedited" else row["counterfactual"]])
         gif_labels.append(name)
     visualize.write_labelled_strip(strip_rows, strip_labels, n_past, os.path.join(out, "whatif.png"))
-    titles = ("prediction", "truth" if episode is None else "truth under the edit")
+    titles = ("prediction", "truth under the edit" if true_cf else "truth")
     visualize.write_labelled_gif(gif_rows, gif_labels, n_past, os.path.join(out, "whatif.gif"), titles=titles)
-    write_npz(
-        os.path.join(out, "whatif.npz"),
-        names=np.array([r["edit"].name for r in rows]),
-        truth=truth,
-        pred=np.stack([r["pred"] for r in rows]),
-        cond=np.stack([r["cond"][:num_frames] for r in rows]),
-        **({"counterfactual": np.stack([r["counterfactual"] for r in rows])} if episode is not None else {}),
-    )
-    write_json(report, os.path.join(out, "whatif.json"))
-    report["out"] = out
-    return report
+    arrays = dict(names=np.array([r["edit"].name for r in rows]), truth=truth, pred=np.stack([r["pred"] for r in rows]),
+                  cond=np.stack([r["cond"][: len(truth)] for r in rows]))
+    if true_cf:
+        arrays["counterfactual"] = np.stack([r["counterfactual"] for r in rows])
+    with fileio.atomic_path(os.path.join(out, "whatif.npz"), suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    fileio.write_json(os.path.join(out, "whatif.json"), {k: v for k, v in report.items() if k != "out"})
 
 
 # ----------------------------------------------------------------------------- command line
@@ -389,7 +398,7 @@ def parse_edits(args) -> list[Edit]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vp_jax.whatif", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vp_jax.tools.whatif", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
     parser.add_argument("--sequence", type=int, required=True, help="index K of the sequence in the split")
     parser.add_argument("--split", default="test", choices=("train", "validate", "test"))
@@ -399,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-sequence", dest="from_sequence", help="comma-separated sequences whose actions to use")
     parser.add_argument("--actions", action="append", metavar="FILE.csv",
                         help="actions (4 columns) or actions and positions (7), one row per frame; repeatable")
-    parser.add_argument("--n_future", type=int, default=None, help="frames to predict (default: the config's n_eval - n_past)")
+    parser.add_argument("--predict_frames", type=int, default=None,
+                        help="frames to predict (default: the config's n_eval - n_past)")
     parser.add_argument("--seed", type=int, default=None, help="latent samples from jax.random.key(SEED) "
                         "(default: eval.py's key)")
     parser.add_argument("--data_root", default=None, help="override config.data.root (data moved since training)")
@@ -418,17 +428,14 @@ def main(argv=None) -> None:
     parser.error = error
     args = parser.parse_args(argv)
     edits = parse_edits(args)
-    from vp_jax import cli
-    from vp_jax.config import load_workdir_config
-
     cli.start([parser.prog])
-    config = load_workdir_config(args.workdir, args.data_root)  # a missing or bad workdir: one line, before JAX loads
-    num_frames = config.n_past + (config.n_eval - config.n_past if args.n_future is None else args.n_future)
-    for edit in edits:  # a bad CSV: one line, before JAX loads
+    config = load_workdir_config(args.workdir, args.data_root)  # a missing or bad workdir: one line, before the model
+    num_frames = config.n_past + (config.n_eval - config.n_past if args.predict_frames is None else args.predict_frames)
+    for edit in edits:  # a bad CSV: one line, before the model loads
         if edit.kind == "actions":
             read_actions_csv(edit.value, num_frames)
-    report = run(args.workdir, args.sequence, edits, split=args.split, checkpoint=args.checkpoint,
-                 n_future=args.n_future, data_root=args.data_root, out=args.out, seed=args.seed)
+    report = run(Query(args.workdir, args.sequence, tuple(edits), split=args.split, checkpoint=args.checkpoint,
+                       predict_frames=args.predict_frames, data_root=args.data_root, out=args.out, seed=args.seed))
     print(f"{args.split} sequence {args.sequence}, checkpoint step {report['checkpoint_step']} ({args.checkpoint}), "
           f"frames {report['predicted_frames'][0]}..{report['predicted_frames'][-1]} predicted")
     print(f"positions: {report['positions']}")

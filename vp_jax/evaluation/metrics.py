@@ -223,3 +223,12 @@ def replay_gain(replay_mse, floor_db: float = float("inf")) -> float:
     """
     bm = best_and_mean_of_n(psnr_from_mse(replay_mse, floor_db))
     return float(bm["best"] - bm["mean"])
+
+
+def nanmean(x, axis=None):
+    """NumPy mean ignoring NaN (frames without moving pixels); NaN when everything is NaN, no warning."""
+    x = np.asarray(x, np.float64)
+    count = np.sum(~np.isnan(x), axis=axis)
+    total = np.nansum(x, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count

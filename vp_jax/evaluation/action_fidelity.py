@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vp_jax.data.pipeline import open_split
 from vp_jax.errors import DataError
 
 #: Defaults of the inverse model's training (docs/metrics.md gives the cost).
@@ -213,8 +214,6 @@ def evaluate(run, source, scores: dict, *, steps: int = STEPS, seed: int | None 
     dims = min(ACTION_DIMS, int(source.cond.shape[-1]))
     trained_on = "given"
     if model is None:
-        from vp_jax.data.pipeline import open_split
-
         train_source = open_split(run.data, "train")
         trained_on = train_source.name
         seed = int(run.seed if seed is None else seed)

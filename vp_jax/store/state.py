@@ -17,7 +17,7 @@ from flax import struct
 
 from vp_jax.config import RunConfig, TrainConfig
 from vp_jax.models.cvae import init_variables
-from vp_jax.schedules import learning_rate_schedule
+from vp_jax.models.schedules import learning_rate_schedule
 
 
 class TrainState(struct.PyTreeNode):

@@ -1,7 +1,7 @@
 """Parameter table of a config's model, built abstractly (``jax.eval_shape``: no memory, ~1 s).
 
-    python -m vp_jax.summary --config configs/lab_bair.py
-    python -m vp_jax.summary --config configs/lab_bair.py --config.model.learned_prior=False
+    python -m vp_jax.tools.summary --config configs/lab_bair.py
+    python -m vp_jax.tools.summary --config configs/lab_bair.py --config.model.learned_prior=False
 
 Prints one row per network (encoder, decoder, frame predictor, posterior, prior) and the total;
 BatchNorm running statistics are buffers, not parameters, and are listed apart (PyTorch does not
@@ -54,7 +54,7 @@ def format_table(cfg: ModelConfig) -> str:
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    """``python -m vp_jax.summary --config FILE [--config.FIELD=VALUE ...]``: the flags of train.py's
+    """``python -m vp_jax.tools.summary --config FILE [--config.FIELD=VALUE ...]``: the flags of train.py's
     ``--config`` (ml_collections ``config_flags``), with the same one-line errors."""
     from absl import flags
     from ml_collections import config_flags
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "a configs/*.py file", flag_values=fv, lock_config=True)
     argv = sys.argv[1:] if argv is None else argv
-    rest = cli_flags_parser(fv)(["python -m vp_jax.summary", *argv])
+    rest = cli_flags_parser(fv)(["python -m vp_jax.tools.summary", *argv])
     if len(rest) > 1:
         raise ConfigError(f"unexpected argument {rest[1]!r} (options are --config FILE, --config.FIELD=VALUE)")
     if fv["config"].value is None:

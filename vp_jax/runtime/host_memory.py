@@ -16,8 +16,8 @@ The price: the process keeps its peak memory (resident set) until it exits, whic
 evaluation process reaches in its first step anyway. The numbers computed do not change.
 
 Call it first thing in a command-line entry point, before JAX starts threads (train.py and
-eval.py do, through :func:`vp_jax.cli.start`). It does nothing with ``VP_JAX_NO_MALLOC_TUNING=1``,
-when JAX will run on an accelerator (:func:`vp_jax.xla_flags.runs_on_cpu`), or where the C
+eval.py do, through :func:`vp_jax.tools.cli.start`). It does nothing with ``VP_JAX_NO_MALLOC_TUNING=1``,
+when JAX will run on an accelerator (:func:`vp_jax.runtime.xla_flags.runs_on_cpu`), or where the C
 library is not glibc.
 """
 
@@ -27,7 +27,7 @@ import ctypes
 import os
 import platform
 
-from vp_jax.xla_flags import runs_on_cpu
+from vp_jax.runtime.xla_flags import runs_on_cpu
 
 OPT_OUT_ENV = "VP_JAX_NO_MALLOC_TUNING"
 

@@ -1,4 +1,4 @@
-"""Compare training runs: ``python -m vp_jax.compare DIR [DIR ...] [--out PATH]``.
+"""Compare training runs: ``python -m vp_jax.tools.compare DIR [DIR ...] [--out PATH]``.
 
 Each DIR is a training workdir holding ``config.json`` (written by
 :func:`vp_jax.config.save_config_json`) and ``metrics.csv``.  Prints one table row per run —
@@ -10,7 +10,7 @@ per config setting that differs between the runs (nested keys flattened, e.g.
 (``compare_val_psnr.png`` in the current folder unless ``--out`` is given).
 
 Then the evaluations the runs hold (``DIR/eval/<name>/metrics.json``, written by eval.py): one
-table per evaluation protocol (:mod:`vp_jax.protocols`), so numbers measured under different
+table per evaluation protocol (:mod:`vp_jax.evaluation.protocols`), so numbers measured under different
 protocols (context, horizon, samples, how the best is chosen, FVD settings, split, number of
 sequences) never share a column; each table is headed by its protocol, and when there are
 several, by the settings that set it apart. Evaluations without a protocol card form a table of
@@ -29,9 +29,10 @@ import sys
 
 import pandas as pd
 
-from vp_jax.config import load_config_json
+from vp_jax.config import flat_fields, load_config_json
 from vp_jax.errors import DataError, cli_main
-from vp_jax.visualize import read_metrics_csv
+from vp_jax.evaluation import protocols
+from vp_jax.report.visualize import plt, read_metrics_csv, save_fig
 
 DEFAULT_OUT = "compare_val_psnr.png"
 # metrics.csv column -> table column, read at the best validation epoch.
@@ -47,21 +48,6 @@ BEST_EPOCH_COLUMNS = {
 }
 
 
-def flatten(d, prefix: str = "") -> dict:
-    """``{'train': {'kl': {'schedule': 'x'}}}`` -> ``{'train.kl.schedule': 'x'}``.
-    Lists/tuples become tuples so they compare and hash."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, list | tuple):
-            out[key] = tuple(v)
-        else:
-            out[key] = v
-    return out
-
-
 def load_run(workdir: str) -> dict:
     """Read one workdir: ``{'name', 'path', 'config' (flat dict), 'metrics' (DataFrame)}``."""
     if not os.path.isdir(workdir):
@@ -71,7 +57,7 @@ def load_run(workdir: str) -> dict:
     if "epoch" not in df.columns:
         raise DataError(f"{workdir}/metrics.csv: expected an 'epoch' column, got {list(df.columns)}")
     name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
-    return {"name": name, "path": workdir, "config": flatten(raw), "metrics": df}
+    return {"name": name, "path": workdir, "config": flat_fields(raw), "metrics": df}
 
 
 def _unique_names(runs: list[dict]) -> None:
@@ -124,7 +110,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             row[name] = float(df.loc[i, col]) if i is not None and col in df.columns else float("nan")
         loss = df["loss"].dropna() if "loss" in df.columns else pd.Series(dtype=float)
         row["final_loss"] = float(loss.iloc[-1]) if len(loss) else float("nan")
-        row["epochs"] = int(df["epoch"].max()) + 1 if df["epoch"].notna().any() else pd.NA  # epochs are 0-based
+        row["epochs"] = int(df["epoch"].max()) if df["epoch"].notna().any() else pd.NA
         for k in diff:
             v = r["config"].get(k, "<missing>")
             row[k] = str(v) if isinstance(v, tuple) else v
@@ -143,8 +129,6 @@ PLOT_PANELS = (("val_psnr", "validation PSNR (dB)", False), ("kl", "KL per frame
 def plot_val_psnr(runs: list[dict], path: str) -> str:
     """Overlay the runs' curves per epoch into one PNG: validation PSNR, the training KL and, when
     some run recorded it, the validation best-of-N gain (:data:`PLOT_PANELS`)."""
-    from vp_jax.visualize import _save_fig, plt
-
     panels = [p for p in PLOT_PANELS if p[0] == "val_psnr" or any(p[0] in r["metrics"].columns for r in runs)]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
     for ax, (col, label, log) in zip(axes[0], panels):
@@ -166,7 +150,7 @@ def plot_val_psnr(runs: list[dict], path: str) -> str:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.set_title(label.split(" (")[0])
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def compare(workdirs: list[str], out: str = DEFAULT_OUT) -> pd.DataFrame:
@@ -214,8 +198,6 @@ def _eval_row(e: dict) -> dict:
 def evaluation_tables(evals: list[dict]) -> list[tuple[str, pd.DataFrame]]:
     """``[(heading, table)]``: one table per protocol signature, in order of first appearance.
     The heading describes the protocol and, when there are several, what sets it apart."""
-    from vp_jax import protocols
-
     groups: dict[tuple, list[dict]] = {}
     for e in evals:
         groups.setdefault(protocols.signature(e["card"]), []).append(e)
@@ -232,7 +214,7 @@ def evaluation_tables(evals: list[dict]) -> list[tuple[str, pd.DataFrame]]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vp_jax.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vp_jax.tools.compare", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="training workdirs (config.json + metrics.csv)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"validation PSNR overlay plot (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)

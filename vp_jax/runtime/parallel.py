@@ -15,7 +15,7 @@ exactly the single-device ones.
 
 Single host, several devices (GPUs, or CPU devices for testing), by hand::
 
-    from vp_jax import parallel
+    from vp_jax.runtime import parallel
     mesh = parallel.make_mesh()                        # all devices, axis 'data'
     state = parallel.replicate(state, mesh)
     for batch in batches:                              # global batch, numpy, on the host
@@ -51,7 +51,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vp_jax.errors import ConfigError
+from vp_jax.errors import ConfigError, VPError
+from vp_jax.runtime.xla_flags import runs_on_cpu
 
 DATA_AXIS = "data"
 
@@ -150,8 +151,6 @@ def initialize_distributed(config=None, when_launched: bool = False) -> bool:
         return False
     if when_launched and not launched_as_several():
         return False
-    from vp_jax.xla_flags import runs_on_cpu
-
     settings = distributed_settings(config)
     if runs_on_cpu() and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
         # gloo (TCP) is the default of recent jaxlibs; older ones had no CPU collectives by default.
@@ -204,8 +203,6 @@ def stop_together(exit=os._exit):
             raise
         if isinstance(err, SystemExit) and err.code in (0, None):
             raise
-        from vp_jax.errors import VPError
-
         who = f"process {jax.process_index()} of {jax.process_count()}"
         if isinstance(err, VPError):
             message, status = f"error: {who}: {err}", 2

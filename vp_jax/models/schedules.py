@@ -22,9 +22,9 @@ Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 
 def learning_rate_schedule(t: TrainConfig) -> Schedule:
-    """``train.lr_schedule``: 'constant' lr; 'cosine' decay to 0 over ``niter * epoch_size``;
+    """``train.lr_schedule``: 'constant' lr; 'cosine' decay to 0 over ``epochs * epoch_size``;
     'warmup_cosine' linear 0 -> lr over ``train.warmup_steps`` then cosine to 0 at the end."""
-    total = t.niter * t.epoch_size
+    total = t.epochs * t.epoch_size
     if t.lr_schedule == "constant":
         return optax.constant_schedule(t.lr)
     if t.lr_schedule == "cosine":
@@ -61,7 +61,7 @@ def frange_cycle_linear(n_iter: int, n_cycle: int, ratio: float, stop: float = 1
 def kl_beta_schedule(t: TrainConfig) -> Schedule:
     """KL weight beta(step) from ``train.kl``: 'constant' = beta_max; 'monotonic' = one cycle of
     :func:`frange_cycle_linear`; 'cyclical' = ``cycles`` cycles.  ``per`` 'epoch': the table has
-    ``niter`` entries indexed by ``step // epoch_size`` (the lab); 'step': ``niter * epoch_size``
+    ``epochs`` entries indexed by ``step // epoch_size`` (the lab); 'step': ``epochs * epoch_size``
     entries indexed by the step."""
     kl = t.kl
     if kl.schedule == "constant":
@@ -70,10 +70,10 @@ def kl_beta_schedule(t: TrainConfig) -> Schedule:
         raise ConfigError(f"config.train.kl.schedule = {kl.schedule!r}: expected cyclical, monotonic or constant")
     n_cycle = 1 if kl.schedule == "monotonic" else kl.cycles
     if kl.per == "epoch":
-        table = frange_cycle_linear(t.niter, n_cycle, kl.ratio, kl.beta_max)
+        table = frange_cycle_linear(t.epochs, n_cycle, kl.ratio, kl.beta_max)
         return lambda step: table(jnp.asarray(step) // t.epoch_size)
     if kl.per == "step":
-        return frange_cycle_linear(t.niter * t.epoch_size, n_cycle, kl.ratio, kl.beta_max)
+        return frange_cycle_linear(t.epochs * t.epoch_size, n_cycle, kl.ratio, kl.beta_max)
     raise ConfigError(f"config.train.kl.per = {kl.per!r}: expected 'epoch' or 'step'")
 
 

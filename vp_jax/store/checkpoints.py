@@ -7,7 +7,7 @@ with the step). A checkpoint saved without validation (an epoch without it, or a
 mid-epoch) has no metric and is kept while it is among the last ``keep``. Each state is
 written once. Each checkpoint holds
 
-* ``state``: the :class:`~vp_jax.training.state.TrainState` pytree (params, BatchNorm running
+* ``state``: the :class:`~vp_jax.store.state.TrainState` pytree (params, BatchNorm running
   statistics, optimiser state including the non-finite counter, step),
 * ``meta``: JSON — epoch, the data iterator's state, the base RNG seed, validation PSNR, the
   epoch's ``metrics.csv`` row, the model config that wrote it (so a checkpoint from another
@@ -40,22 +40,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
-import json
 import shutil
-import warnings
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from vp_jax import parallel
-from vp_jax._compat import await_orbax_tmp_cleanup
 from vp_jax.config import ModelConfig
 from vp_jax.errors import CheckpointError
 from vp_jax.fileio import write_text
+from vp_jax.runtime import parallel
+from vp_jax.runtime.compat import await_orbax_tmp_cleanup
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def _step_names(path: str) -> list[str]:
 def has_checkpoints(workdir: str) -> bool:
     """Whether ``workdir`` holds a finished checkpoint folder (cheap: no orbax, no reading)."""
     root = checkpoint_dir(workdir)
-    return any(_step_names(os.path.join(root, sub)) for sub in ("", LATEST, BEST))
+    return bool(_step_names(root))
 
 
 def host_copy(state):
@@ -255,7 +254,7 @@ def _like_target(restored, target):
 class CheckpointStore:
     """The checkpoints of one workdir: the last ``keep`` and the best by validation PSNR.
 
-    Notes and warnings (the layout moved on opening, a damaged checkpoint set aside) go to the
+    Warnings (a damaged checkpoint set aside) go to the
     ``vp_jax`` logger, one line each.
     """
 
@@ -265,57 +264,22 @@ class CheckpointStore:
         self._intact: set[int] = set()  # steps written or checked by this process
         if read_only and not os.path.isdir(root):
             raise CheckpointError(f"{root}: no checkpoints (train this workdir first)")
-        if read_only:  # read where they are: the two-folder layout's folders too
-            dirs = [root] + [d for d in (os.path.join(root, BEST), os.path.join(root, LATEST)) if os.path.isdir(d)]
-            for step_dir in (os.path.join(d, name) for d in dirs for name in _step_names(d)):
-                reason = unreadable_metrics(step_dir)
-                if reason:
-                    raise DamagedCheckpointError(
-                        f"{step_dir}: damaged checkpoint ({reason}); move it away, or resume training "
-                        f"(which moves it to {os.path.join(root, DAMAGED)})", reason)
-        else:
-            dirs = [root]
-            if parallel.is_main_process():
-                self._adopt_two_folder_layout()
-                for name in _step_names(root):
-                    reason = unreadable_metrics(os.path.join(root, name))
-                    if reason:
-                        moved = self._move_aside(os.path.join(root, name))
-                        log.warning("%s: damaged checkpoint (%s); moved to %s", os.path.join(root, name), reason, moved)
-            parallel.sync_processes("checkpoint layout")  # the others open the folders after process 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._managers = [_manager(d, keep, read_only) for d in dirs]
-        self._manager = self._managers[0]
-
-    def _adopt_two_folder_layout(self) -> None:
-        """Move the step folders of ``checkpoints/best/`` and ``checkpoints/latest/`` into
-        ``checkpoints/<step>/`` (best first: its copy of a step carries the metric; latest's copy
-        of the same step, the same state and meta, is dropped). Each step is renamed at once, so a
-        process killed in between leaves folders that the next call moves."""
-        moved = 0
-        for sub in (BEST, LATEST):
-            folder = os.path.join(self.root, sub)
-            if not os.path.isdir(folder):
-                continue
-            for name in sorted(os.listdir(folder)):
-                path = os.path.join(folder, name)
-                if name.isdigit() and not os.path.exists(os.path.join(self.root, name)):
-                    os.rename(path, os.path.join(self.root, name))
-                    moved += 1
-                elif name.isdigit() or TMP_MARK in name:
-                    shutil.rmtree(path)
-            try:
-                os.rmdir(folder)
-            except OSError:  # something else is in there: left where it is
-                pass
-        if moved:
-            log.info("moved %d checkpoint(s) from %s/{%s,%s}/ to one folder per step, %s/<step>/",
-                     moved, self.root, LATEST, BEST, self.root)
+        for name in _step_names(root) if read_only or parallel.is_main_process() else ():
+            reason = unreadable_metrics(os.path.join(root, name))
+            if reason and read_only:
+                raise DamagedCheckpointError(
+                    f"{os.path.join(root, name)}: damaged checkpoint ({reason}); move it away, or resume training "
+                    f"(which moves it to {os.path.join(root, DAMAGED)})", reason)
+            if reason:
+                moved = self._move_aside(os.path.join(root, name))
+                log.warning("%s: damaged checkpoint (%s); moved to %s", os.path.join(root, name), reason, moved)
+        if not read_only:
+            parallel.sync_processes("checkpoint layout")  # the others open the folder after process 0
+        self._manager = _manager(root, keep, read_only)
 
     # -- queries ------------------------------------------------------------------------
     def steps(self) -> list[int]:
-        return sorted({step for manager in self._managers for step in manager.all_steps()})
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -323,18 +287,14 @@ class CheckpointStore:
 
     def best_step(self) -> int | None:
         """The saved step with the highest validation PSNR; None when no saved step was validated."""
-        if len(self._managers) == 1:
-            return self._manager.best_step()
-        best = [(manager.metrics(step)[METRIC], step)  # the two-folder layout, read where it is
-                for manager in self._managers if (step := manager.best_step()) is not None]
-        return max(best)[1] if best else None
+        return self._manager.best_step()
 
     def _saved(self) -> str:
         best = self.best_step()
         return f"saved steps {self.steps()}" + ("" if best is None else f", best {best}")
 
-    def _path(self, manager: ocp.CheckpointManager, step: int) -> str:
-        return os.path.join(str(manager.directory), str(step))
+    def _path(self, step: int) -> str:
+        return os.path.join(self.root, str(step))
 
     # -- save / restore -----------------------------------------------------------------
     def save(self, step: int, state, meta: dict, val_psnr: float | None = None) -> None:
@@ -354,38 +314,34 @@ class CheckpointStore:
         manager.save(step, args=args, force=True, metrics=metrics)
         manager.wait_until_finished()
         if jax.process_index() == 0:
-            write_manifest(self._path(manager, step))
+            write_manifest(self._path(step))
         self._intact.add(step)
 
     def _set_aside_damaged_best(self) -> None:
         """Move a damaged best checkpoint to ``checkpoints/damaged/`` (the preservation policy would
         keep it, and not the intact one that a new validated epoch brings). Checked once a process."""
         while (best := self.best_step()) is not None and best not in self._intact:
-            manager = self._find(best)
-            path = self._path(manager, best)
+            path = self._path(best)
             reason = damaged_files(path)
             if not reason:
                 try:
-                    self._read_meta(manager, best)
+                    self._read_meta(best)
                 except Exception as err:  # noqa: BLE001 - any read failure means a damaged checkpoint
                     reason = f"meta unreadable: {_reason(err)}"
             if not reason:
                 self._intact.add(best)
                 return
-            moved = self._quarantine(manager, best)
+            moved = self._quarantine(best)
             log.warning("%s: damaged best checkpoint (%s); moved to %s", path, reason, moved)
 
-    def _read_meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def _read_meta(self, step: int) -> dict:
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if not isinstance(meta, dict):
             raise ValueError(f"meta is a {type(meta).__name__}, expected a JSON object")
         return meta
 
-    def _find(self, step: int) -> ocp.CheckpointManager | None:
-        return next((manager for manager in self._managers if step in manager.all_steps()), None)
-
-    def resolve(self, which: str | int) -> tuple[ocp.CheckpointManager, int]:
-        """Map 'latest', 'best' or a step number to (manager, step)."""
+    def resolve(self, which: str | int) -> int:
+        """Map 'latest', 'best' or a step number to a saved step."""
         if which in (LATEST, None):
             step = self.latest_step()
         elif which == BEST:
@@ -399,13 +355,13 @@ class CheckpointStore:
                 raise CheckpointError(
                     f"--checkpoint {which!r}: expected 'best', 'latest' or a step number"
                 ) from None
-            if self._find(step) is None:
+            if step not in self.steps():
                 raise CheckpointError(
                     f"{self.root}: no checkpoint at step {step} (have {self.steps()})"
                 )
         if step is None:
             raise CheckpointError(f"{self.root}: no checkpoints (train this workdir first)")
-        return self._find(step), step
+        return step
 
     def restore(self, which, abstract_state, model_cfg: ModelConfig):
         """Restore ``which`` ('latest', 'best' or a step) into the structure of ``abstract_state``.
@@ -414,8 +370,8 @@ class CheckpointStore:
         field when the checkpoint was written by another model, and
         :class:`DamagedCheckpointError` when it cannot be read back intact.
         """
-        manager, step = self.resolve(which)
-        path = self._path(manager, step)
+        step = self.resolve(which)
+        path = self._path(step)
 
         def damaged(reason: str) -> DamagedCheckpointError:
             return DamagedCheckpointError(f"{path}: damaged checkpoint ({reason}); {self._saved()}", reason)
@@ -424,7 +380,7 @@ class CheckpointStore:
         if reason:
             raise damaged(reason)
         try:
-            meta = self._read_meta(manager, step)
+            meta = self._read_meta(step)
         except Exception as err:  # noqa: BLE001 - any read failure means a damaged checkpoint
             raise damaged(f"meta unreadable: {_reason(err)}") from None
         mismatch = model_mismatch(meta.get("model", {}), model_cfg)
@@ -432,9 +388,7 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: written by another model ({mismatch})")
         target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
-            restored = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-            )["state"]
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
         except Exception as err:  # noqa: BLE001
             raise damaged(f"state unreadable: {_reason(err)}") from None
         expected = meta.get("state_sha256")
@@ -461,9 +415,8 @@ class CheckpointStore:
             try:
                 return self.restore(step, abstract_state, model_cfg)
             except DamagedCheckpointError as err:
-                manager = self._find(step)
-                path = self._path(manager, step)
-                moved = self._quarantine(manager, step)
+                path = self._path(step)
+                moved = self._quarantine(step)
                 log.warning("%s: damaged checkpoint (%s); moved to %s, trying the previous one", path, err.reason, moved)
         if steps:
             raise CheckpointError(
@@ -475,9 +428,7 @@ class CheckpointStore:
     def _move_aside(self, src: str) -> str:
         """Move the step folder ``src`` into ``checkpoints/damaged/`` (process 0); where it went."""
         dest_dir = os.path.join(self.root, DAMAGED)
-        parent, name = os.path.split(src)
-        if parent != self.root:  # a folder of the two-folder layout, read where it is
-            name = f"{os.path.basename(parent)}-{name}"
+        name = os.path.basename(src)
         dest, n = os.path.join(dest_dir, name), 1
         while os.path.exists(dest):
             n += 1
@@ -491,22 +442,20 @@ class CheckpointStore:
                 dest = "(deleted)"
         return dest
 
-    def _quarantine(self, manager: ocp.CheckpointManager, step: int) -> str:
-        """Move a damaged step folder out of ``manager``'s sight into ``checkpoints/damaged/``."""
+    def _quarantine(self, step: int) -> str:
+        """Move a damaged step folder out of the manager's sight into ``checkpoints/damaged/``."""
         parallel.sync_processes("checkpoint damaged")  # every process has finished reading it
-        dest = self._move_aside(self._path(manager, step))
+        dest = self._move_aside(self._path(step))
         parallel.sync_processes("checkpoint moved aside")
-        manager.reload()
+        self._manager.reload()
         self._intact.discard(step)
         return dest
 
     def wait(self) -> None:
-        for manager in self._managers:
-            manager.wait_until_finished()
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
-        for manager in self._managers:
-            manager.close()
+        self._manager.close()
 
     def __enter__(self) -> "CheckpointStore":
         return self

@@ -25,6 +25,10 @@ from __future__ import annotations
 import dataclasses
 
 from vp_jax.errors import ConfigError
+from vp_jax.evaluation import fvd as F
+from vp_jax.evaluation.extras import versions
+from vp_jax.evaluation.fvd import check_clip_frames
+from vp_jax.evaluation.perceptual import check_net
 
 BEST_RULE = ("per sequence and per metric, the sample with the best mean over the predicted frames "
              "(highest PSNR / SSIM, lowest LPIPS); its whole per-frame curve is reported")
@@ -73,7 +77,7 @@ def names() -> list[str]:
     return list(PROTOCOLS)
 
 
-def resolve(name: str, config, *, n_future=None, num_samples=None, lpips=None, fvd=None, fvd_context=None,
+def resolve(name: str, config, *, predict_frames=None, num_samples=None, lpips=None, fvd=None, fvd_context=None,
             fvd_repeats=None) -> Protocol:
     """The protocol ``name`` with every field filled in for the workdir ``config``.
 
@@ -81,7 +85,7 @@ def resolve(name: str, config, *, n_future=None, num_samples=None, lpips=None, f
     named protocol they are refused, since they would change what the name stands for."""
     if name not in PROTOCOLS:
         raise ConfigError(f"--protocol {name}: expected one of {names()}")
-    given = {k: v for k, v in dict(n_future=n_future, num_samples=num_samples, lpips=lpips, fvd=fvd,
+    given = {k: v for k, v in dict(predict_frames=predict_frames, num_samples=num_samples, lpips=lpips, fvd=fvd,
                                     fvd_context=fvd_context, fvd_repeats=fvd_repeats).items() if v is not None}
     p = PROTOCOLS[name]
     if name != "custom" and given:
@@ -90,7 +94,7 @@ def resolve(name: str, config, *, n_future=None, num_samples=None, lpips=None, f
     if name == "custom":
         p = dataclasses.replace(
             p, n_past=int(config.n_past),
-            n_future=int(given.get("n_future", config.n_eval - config.n_past)),
+            n_future=int(given.get("predict_frames", config.n_eval - config.n_past)),
             num_samples=int(given.get("num_samples", config.eval.num_samples)),
             lpips=tuple(given.get("lpips", ())), fvd=bool(given.get("fvd", False)),
             fvd_context=bool(given.get("fvd_context", True)), fvd_repeats=int(given.get("fvd_repeats", 1)))
@@ -99,15 +103,12 @@ def resolve(name: str, config, *, n_future=None, num_samples=None, lpips=None, f
 
 
 def _check(p: Protocol, config) -> None:
-    from vp_jax.fvd import check_clip_frames
-    from vp_jax.perceptual import check_net
-
     if p.n_past != int(config.n_past):
         raise ConfigError(
             f"--protocol {p.name}: needs a model trained with {p.n_past} context frame(s) (config.n_past = {p.n_past}); "
             f"this workdir's model was trained with config.n_past = {config.n_past}")
     if p.n_future < 1:
-        raise ConfigError(f"--n_future {p.n_future}: expected an integer >= 1")
+        raise ConfigError(f"--predict_frames {p.n_future}: expected an integer >= 1")
     if p.num_samples < 1:
         raise ConfigError(f"--num_samples {p.num_samples}: expected an integer >= 1")
     for net in p.lpips:
@@ -141,9 +142,6 @@ def card(p: Protocol, *, split: str, num_sequences: int, bn_mode: str, checkpoin
     """The protocol card (JSON-ready) of one evaluation: what was predicted from what, how many,
     how the best sample was chosen, which frames each metric covers, FVD's settings, the package
     versions and the checkpoint."""
-    from vp_jax import fvd as F
-    from vp_jax.extras import versions
-
     n_eval = p.n_past + p.n_future
     predicted = _span(p.n_past, n_eval) + " (the predicted frames)"
     best_by = ["psnr", "ssim", "psnr_moving", *(f"lpips_{n}" for n in p.lpips)] if p.num_samples > 1 else []

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from vp_jax.config import BN_MODES, ModelConfig
 from vp_jax.errors import ConfigError
-from vp_jax.losses import kl_terms
 from vp_jax.models.cvae import check_n_past
+from vp_jax.models.losses import kl_terms
 from vp_jax.models.rollout import generate as generate_frames
 from vp_jax.models.rollout import rollout
 

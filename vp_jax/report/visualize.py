@@ -36,7 +36,7 @@ def _write_atomically(path: str, suffix: str, write) -> str:
     return path
 
 
-def _save_fig(fig, path: str) -> str:
+def save_fig(fig, path: str) -> str:
     try:
         return _write_atomically(path, ".png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
@@ -122,7 +122,7 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel(x)
     fig.suptitle("training loss")
-    written.append(_save_fig(fig, os.path.join(out_dir, "loss.png")))
+    written.append(save_fig(fig, os.path.join(out_dir, "loss.png")))
 
     fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     any_sched = _plot_series(axes[0], df, x, "beta", label="β (KL weight)", color="tab:purple")
@@ -137,7 +137,7 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
     axes[1].set_xlabel(x)
     axes[1].grid(True, alpha=0.3)
     fig.suptitle("schedules")
-    written.append(_save_fig(fig, os.path.join(out_dir, "schedules.png")))
+    written.append(save_fig(fig, os.path.join(out_dir, "schedules.png")))
 
     fig, axes = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     ax = axes[0]
@@ -172,7 +172,7 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
     ax.set_xlabel(x)
     ax.grid(True, alpha=0.3)
     ax.set_title("action sensitivity")
-    written.append(_save_fig(fig, os.path.join(out_dir, "val_psnr.png")))
+    written.append(save_fig(fig, os.path.join(out_dir, "val_psnr.png")))
     return written
 
 
@@ -270,7 +270,7 @@ def plot_per_frame(metrics: dict, path: str, n_past: int | None = None) -> str:
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
         ax.set_title(unit.split(" (")[0] + " per frame")
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 # ----------------------------------------------------------------------------- GIFs
@@ -406,24 +406,12 @@ def write_gif(pred, target, n_past: int, path: str, fps: float = 4, context=None
     return _write_gif_frames(frames, path, fps)
 
 
-def write_gif_grid(preds, targets, n_past: int, path: str, fps: float = 4, context=None, *,
-                   scale: int = 2, labels: bool = True, max_rows: int = 8) -> str:
-    """Like :func:`write_gif` for several sequences ``[B, T, H, W, 3]``: one row each (first
-    ``max_rows``), prediction left, ground truth right."""
-    preds = np.asarray(preds)[:max_rows]
-    targets = np.asarray(targets)[:max_rows]
-    if context is not None:
-        context = np.asarray(context)[:max_rows]
-    frames = compose_frames(preds, targets, n_past, context=context, scale=scale, labels=labels)
-    return _write_gif_frames(frames, path, fps)
-
-
 def write_strip(pred, target, n_past: int, path: str, context=None, *, scale: int = 2, gap: int = 2) -> str:
     """Write sequences as one still PNG: for each sequence a row of ground-truth frames above a
     row of predicted frames, time running left to right; context frames (``t < n_past``, the
     same in both rows) framed green, predicted frames red.
 
-    ``pred`` / ``target`` / ``context`` as :func:`write_gif_grid` (``[B, T, H, W, 3]``, or the
+    ``pred`` / ``target`` / ``context`` as :func:`write_gif` (``[B, T, H, W, 3]``, or the
     ``T - n_past`` predicted frames only).  Frames are upscaled ``scale``x; the file is written
     atomically.
     """

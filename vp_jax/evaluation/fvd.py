@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vp_jax.errors import ConfigError
-from vp_jax.extras import require
+from vp_jax.evaluation.extras import require
 
 I3D_SIZE = 224
 MIN_CLIP_FRAMES = 9
@@ -156,7 +156,7 @@ def fvd_from_features(real, generated) -> float:
 
 
 class FVDScorer:
-    """An ``extra_scorers`` entry of :func:`vp_jax.evaluation.predict_and_score`: I3D features of
+    """An ``extra_scorers`` entry of :func:`vp_jax.evaluation.scoring.predict_and_score`: I3D features of
     the real clips and of samples ``0 .. repeats-1`` of every sequence.
 
     A clip is the sequence's ``n_eval`` frames, the ``n_past`` context frames first (true frames
