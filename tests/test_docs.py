@@ -44,3 +44,48 @@ def test_design_draws_every_module_in_its_layer():
                 stem = name[:-3]
                 where = block if wing == "." else lines.get(wing.split(os.sep)[0], "")
                 assert re.search(rf"\b{stem}\b" + (r"\.py" if wing == "." else ""), where), f"{wing}/{name} is not drawn"
+
+
+def _source_text() -> str:
+    """Every Python source of the package and the two commands, adjacent string literals joined."""
+    paths = [os.path.join(ROOT, "train.py"), os.path.join(ROOT, "eval.py")]
+    paths += [os.path.join(d, n) for d, _, ns in os.walk(os.path.join(ROOT, "vp_jax")) for n in ns if n.endswith(".py")]
+    text = "\n".join(open(p).read() for p in paths)
+    return re.sub(r"[\"']\s*\n\s*(?:\+\s*)?f?[\"']", "", text)
+
+
+def quoted_messages() -> list[tuple[str, str]]:
+    """``(file, message)`` of every message the docs quote inline (``error: ...``, ``warning: ...``,
+    ``interrupted: ...``, ``resuming ...``, ``latent gain: ...``)."""
+    found = []
+    for name in ["README.md"] + sorted("docs/" + n for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md")):
+        text = open(os.path.join(ROOT, name)).read()
+        found += [(name, m) for m in re.findall(r"`((?:error|warning|interrupted|resuming|latent gain)\b[^`]*)`", text)]
+    return found
+
+
+PLACEHOLDERS = r"\([^)]*(?:\.\.\.|…)[^)]*\)|<[^>]*>|…|\.\.\.|\b[A-Z]{1,5}\b|[^\s]*/[^\s]*|[^\s]*\d[^\s]*"
+
+
+def unprinted(message: str, source: str) -> list[str]:
+    """The literal stretches of ``message`` (between placeholders, numbers, paths and punctuation)
+    of two or more words that are not in ``source``, nor are their first three or more words (the
+    rest a value the code fills in)."""
+    missing = []
+    for stretch in re.split(PLACEHOLDERS, message.removeprefix("error: ").removeprefix("warning: ")):
+        for part in re.split(r"[,;:()]", stretch):
+            words = part.split()
+            shortest = min(len(words), 3)
+            if len(words) >= 2 and not any(" ".join(words[:k]) in source for k in range(len(words), shortest - 1, -1)):
+                missing.append(part.strip())
+    return missing
+
+
+def test_every_message_the_docs_quote_is_printed_by_the_code():
+    source = _source_text()
+    messages = quoted_messages()
+    assert len(messages) >= 5
+    assert [(name, m, unprinted(m, source)) for name, m in messages if unprinted(m, source)] == []
+    # The check can fail: a message the code does not print, and one it prints differently.
+    assert unprinted("error: DIR/.lock: a second train.py holds this workdir", source)
+    assert unprinted("interrupted: kept step N in DIR; run it again", source)
