@@ -247,22 +247,22 @@ def _step_dir(workdir: str) -> str:
 
 
 CHECKPOINT_CASES = {
-    # name: (damage(workdir), eval arguments, needles)
-    "no such step": (lambda wd: None, ["--checkpoint", "999"], ["no checkpoint at step 999", "have [3]"]),
-    "not a checkpoint name": (lambda wd: None, ["--checkpoint", "last"], ["--checkpoint 'last'", "'best', 'latest' or a step"]),
+    # name: (damage(workdir), eval.py --checkpoint, needles)
+    "no such step": (lambda wd: None, "999", ["no checkpoint at step 999", "have [3]"]),
+    "not a checkpoint name": (lambda wd: None, "last", ["--checkpoint 'last'", "'best', 'latest' or a step"]),
     "partly deleted": (lambda wd: shutil.rmtree(os.path.join(_step_dir(wd), "state", "ocdbt.process_0")),
-                       ["--checkpoint", "latest"], ["checkpoints/3: damaged checkpoint", "file(s) missing"]),
+                       "latest", ["checkpoints/3: damaged checkpoint", "file(s) missing"]),
     "truncated": (lambda wd: _truncate(os.path.join(_step_dir(wd), "state", "_METADATA")),
-                  ["--checkpoint", "latest"], ["checkpoints/3: damaged checkpoint"]),
+                  "latest", ["checkpoints/3: damaged checkpoint"]),
     # Orbax's read or the checksum fails, depending on where the byte lands in this save.
-    "changed bytes": (lambda wd: flip_a_byte(_step_dir(wd)), ["--checkpoint", "3"],
+    "changed bytes": (lambda wd: flip_a_byte(_step_dir(wd)), "3",
                       ["checkpoints/3: damaged checkpoint"]),
     # A well-formed state of other values: its files are not those the manifest lists.
-    "changed values": (lambda wd: rewrite_state_with_one_value_changed(_step_dir(wd)), ["--checkpoint", "3"],
+    "changed values": (lambda wd: rewrite_state_with_one_value_changed(_step_dir(wd)), "3",
                        ["checkpoints/3: damaged checkpoint", "file(s) missing"]),
     "other model size": (lambda wd: _edit_json(os.path.join(wd, "config.json"), "model", "g_dim", 16),
-                         [], ["checkpoints/3: written by another model", "model.g_dim: checkpoint has 8, config has 16"]),
-    "damaged config.json": (lambda wd: _write(os.path.join(wd, "config.json"), '{"model": '), [],
+                         "best", ["checkpoints/3: written by another model", "model.g_dim: checkpoint has 8, config has 16"]),
+    "damaged config.json": (lambda wd: _write(os.path.join(wd, "config.json"), '{"model": '), "best",
                             ["config.json: not a readable JSON config"]),
 }
 
@@ -275,9 +275,23 @@ def _edit_json(path: str, group: str, key: str, value) -> None:
 
 @pytest.mark.parametrize("case", sorted(CHECKPOINT_CASES))
 def test_bad_checkpoint_through_eval(ckpt_copy, case):
-    damage, args, needles = CHECKPOINT_CASES[case]
+    """Each damage is refused in one line naming it, before anything is written (in this process;
+    the command line's one-line output: test_damaged_checkpoint_through_the_eval_command)."""
+    from vp_jax.errors import VPError
+    from vp_jax.evaluation.evaluate import EvalOptions, evaluate_workdir
+
+    damage, checkpoint, needles = CHECKPOINT_CASES[case]
     damage(ckpt_copy)
-    proc = cli("eval.py", "--workdir", ckpt_copy, *args)
+    with pytest.raises(VPError) as err:
+        evaluate_workdir(ckpt_copy, EvalOptions(checkpoint=checkpoint))
+    assert "\n" not in str(err.value) and all(n in str(err.value) for n in needles), str(err.value)
+    assert_nothing_left(os.path.join(ckpt_copy, "eval"))
+
+
+def test_damaged_checkpoint_through_the_eval_command(ckpt_copy):
+    damage, checkpoint, needles = CHECKPOINT_CASES["partly deleted"]
+    damage(ckpt_copy)
+    proc = cli("eval.py", "--workdir", ckpt_copy, "--checkpoint", checkpoint)
     assert_one_line_error(proc, *needles)
     assert_nothing_left(os.path.join(ckpt_copy, "eval"))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 
-
 from vp_jax.config import LAB_NAMES, flat_fields, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

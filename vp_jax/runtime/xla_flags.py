@@ -22,7 +22,10 @@ Call it first thing in a command-line entry point, before any JAX computation::
 Why these flags (measured on a 2-core AVX-512 CPU, jaxlib 0.10.2, lab model, batch 4; see
 ``benchmarks/train_step.py``): YNNPACK's convolution kernels are slower than XLA's own (Eigen)
 convolutions for the VGG-64 layers; ``ynn_fusion_type=-individual_convolution`` keeps YNNPACK for
-the other fusions it handles and gives the convolutions back to Eigen.
+the other fusions it handles and gives the convolutions back to Eigen. Measured gain (lab model,
+2-core AMD EPYC, median of 5 steps, ``python benchmarks/train_step.py --config configs/lab_bair.py --batch 12 --steps 5`` against the same with
+``--no-xla-flags``): 13.0 s against 18.2 s a step at batch 12 (28 %), 4.9 s against 5.3 s at
+batch 4 (7 %).
 """
 
 from __future__ import annotations
