@@ -11,7 +11,7 @@ from vp_jax.config import model_config
 from vp_jax.errors import ConfigError
 from vp_jax.models.cvae import ConditionalVAE, initial_state
 from vp_jax.models.generation import make_generate_fn
-from vp_jax.models.rollout import rollout
+from vp_jax.models.rollout import Pass, rollout
 
 B, T = 2, 5  # tiny config: n_past 2 -> 3 predicted frames
 
@@ -33,7 +33,7 @@ def calibrated(cfg, variables, data, fast_jit):
 
     def calibrate(params, stats, frames, cond, key):
         mask = jnp.ones(frames.shape[:2], bool)
-        return rollout(params, stats, frames, cond, key, model_cfg=cfg, n_past=2, tf_mask=mask, unroll=1)[1]
+        return rollout(params, stats, frames, cond, key, Pass(cfg, 2, unroll=1), mask)[1]
 
     stats = fast_jit(calibrate)(variables["params"], variables["batch_stats"], frames, cond, jax.random.PRNGKey(3))
     return {"params": variables["params"], "batch_stats": stats}

@@ -19,6 +19,7 @@ from conftest import FAST_COMPILE
 
 from vp_jax.config import model_config, run_config
 from vp_jax.errors import ConfigError
+from vp_jax.models.rollout import Pass
 from vp_jax.runtime.backend import cpu_kernels, cpu_kernels_off, scan_unroll
 from vp_jax.store.state import create_train_state
 from vp_jax.training.accumulate import accumulate_gradients, check_accumulation, split_microbatches
@@ -98,8 +99,8 @@ def test_grad_accum_with_batchnorm_and_remat_do_what_the_step_says(setup):
 
     def grads_of(params, batch_stats, micro, i):
         fn = jax.value_and_grad(rollout_loss, has_aux=True)
-        (value, (m, bs)), grads = fn(params, batch_stats, micro["frames"], micro["cond"][:, :, :cfg.cond_dim], None,
-                                    jax.random.fold_in(loss_key, i), beta, model_cfg=cfg, n_past=c.n_past)
+        (value, (m, bs)), grads = fn(params, batch_stats, {"frames": micro["frames"], "cond": micro["cond"][:, :, :cfg.cond_dim]},
+                                    jax.random.fold_in(loss_key, i), beta, Pass(cfg, c.n_past))
         return value, bs, grads
 
     micros = [jax.tree.map(lambda x: x[i::2], batch) for i in range(2)]
@@ -140,8 +141,8 @@ def test_generic_code_paths_give_the_cpu_paths_numbers(setup):
         out = []
         for m in (None, mask):
             fn = jax.value_and_grad(rollout_loss, has_aux=True)
-            (value, (_, bs)), grads = fn(params, batch_stats, frames, cond, m, key, 0.5, model_cfg=cfg,
-                                         n_past=config.n_past)
+            (value, (_, bs)), grads = fn(params, batch_stats, {"frames": frames, "cond": cond, "mask": m}, key, 0.5,
+                                         Pass(cfg, config.n_past))
             out.append((value, grads, bs))
         return out
 

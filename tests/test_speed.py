@@ -21,7 +21,7 @@ from vp_jax.config import load_config_file, model_config, run_config
 from vp_jax.models.kernels import max_pool_2x2
 from vp_jax.models.layers import SkipConcatConv, weight_init
 from vp_jax.models.losses import step_terms
-from vp_jax.models.rollout import rollout
+from vp_jax.models.rollout import Pass, rollout
 from vp_jax.training import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,17 +93,14 @@ def test_teacher_forced_rollout_equals_scan_rollout(tiny_config, tiny_variables,
 
     def both(params, batch_stats, frames, cond, key):
         def loss(params, tf_mask):
-            return step_lib.rollout_loss(
-                params, batch_stats, frames, cond, tf_mask, key, 0.7, model_cfg=cfg, n_past=n_past, unroll=1
-            )
+            return step_lib.rollout_loss(params, batch_stats, {"frames": frames, "cond": cond, "mask": tf_mask}, key, 0.7,
+                                         Pass(cfg, n_past, unroll=1))
 
         grad = jax.value_and_grad(loss, has_aux=True)
         ref = grad(params, jnp.ones((B, T), bool))  # the general scan rollout, all teacher forced
         new = grad(params, None)  # the teacher-forced path
-        out_ref, _ = rollout(
-            params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past, tf_mask=jnp.ones((B, T), bool), unroll=1
-        )
-        out_new, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=n_past)
+        out_ref, _ = rollout(params, batch_stats, frames, cond, key, Pass(cfg, n_past, unroll=1), jnp.ones((B, T), bool))
+        out_new, _ = rollout(params, batch_stats, frames, cond, key, Pass(cfg, n_past))
         out_ref, out_new = (dict(o, **step_terms(cfg, o)) for o in (out_ref, out_new))
         return ref, new, out_ref, out_new
 

@@ -13,7 +13,7 @@ from vp_jax.config import model_config, run_config, validate
 from vp_jax.models.cvae import ConditionalVAE, initial_state
 from vp_jax.models.losses import kl_diagonal_gaussians, kl_standard_normal, step_terms
 from vp_jax.models.lstm import reparameterize
-from vp_jax.models.rollout import frames_to_float, rollout
+from vp_jax.models.rollout import Pass, frames_to_float, rollout
 from vp_jax.store.state import create_train_state
 from vp_jax.training.step import make_train_step, rollout_loss, teacher_forcing_mask
 
@@ -95,9 +95,7 @@ def setup(tiny_config, tiny_variables, fast_jit):
     def objective(params, batch_stats, frames, cond, mask, key, weights, cfg):
         # a rolled loop compiles faster; the unrolled default computes the same (and is what the
         # train step tests below run)
-        outputs, new_stats = rollout(
-            params, batch_stats, frames, cond, key, model_cfg=cfg, n_past=N_PAST, tf_mask=mask, unroll=1
-        )
+        outputs, new_stats = rollout(params, batch_stats, frames, cond, key, Pass(cfg, N_PAST, unroll=1), mask)
         outputs = dict(outputs, **step_terms(cfg, outputs))
         loss = weights[0] * jnp.sum(outputs["mse"]) + weights[1] * jnp.sum(outputs["kl"])
         return loss, (outputs, new_stats)
@@ -287,8 +285,8 @@ def test_free_bits_clamp_the_posterior_and_leave_the_prior_its_gradient(setup):
     params["posterior"]["mu"]["bias"] = params["posterior"]["mu"]["bias"] + 0.5  # a KL well above 0
 
     def objective(params, beta, free_bits):
-        return rollout_loss(params, stats, s["frames"], s["cond"], None, s["key"], beta,
-                            model_cfg=s["cfg"], n_past=N_PAST, free_bits=free_bits)
+        return rollout_loss(params, stats, {"frames": s["frames"], "cond": s["cond"]}, s["key"], beta,
+                            Pass(s["cfg"], N_PAST), free_bits)
 
     grad_fn = s["fast_jit"](jax.value_and_grad(objective, has_aux=True), static_argnums=(2,))
     (plain, (m_plain, _)), g_plain = grad_fn(params, 1.0, 0.0)
@@ -403,8 +401,8 @@ def test_loss_and_gradient_pinned_on_a_fixed_batch(tiny_config, fast_jit):
     pinned = {None: (0.3375608026981354, 0.14369981), "mixed": (0.33759963512420654, 0.24125333)}
     for name, m in ((None, None), ("mixed", mask)):
         def loss(p, m=m):
-            return rollout_loss(p, state.batch_stats, frames, cond, m, jax.random.key(5), 0.3, model_cfg=cfg,
-                                n_past=config.n_past)
+            return rollout_loss(p, state.batch_stats, {"frames": frames, "cond": cond, "mask": m}, jax.random.key(5),
+                                0.3, Pass(cfg, config.n_past))
 
         (value, _), grads = fast_jit(jax.value_and_grad(loss, has_aux=True))(state.params)
         np.testing.assert_allclose(float(value), pinned[name][0], rtol=1e-5)

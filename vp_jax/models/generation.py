@@ -19,8 +19,8 @@ from vp_jax.config import BN_MODES, ModelConfig
 from vp_jax.errors import ConfigError
 from vp_jax.models.cvae import check_n_past
 from vp_jax.models.losses import kl_terms
+from vp_jax.models.rollout import Pass, rollout
 from vp_jax.models.rollout import generate as generate_frames
-from vp_jax.models.rollout import rollout
 
 
 def evaluation_key(seed: int) -> jax.Array:
@@ -75,8 +75,8 @@ def make_reconstruct_fn(model_cfg: ModelConfig, n_past: int, bn_mode: str = "inf
     check_n_past(model_cfg, n_past)
 
     def reconstruct(params, batch_stats, frames, cond, key):
-        outputs, _ = rollout(params, batch_stats, frames, cond, key, model_cfg=model_cfg, n_past=n_past,
-                             train=bn_mode == "batch_stats")
+        outputs, _ = rollout(params, batch_stats, frames, cond, key,
+                             Pass(model_cfg, n_past, train=bn_mode == "batch_stats"))
         x_hat = jnp.swapaxes(outputs["x_hat"][n_past - 1 :], 0, 1)
         terms = kl_terms(model_cfg, outputs["q"], outputs["p"])
         kl = jnp.swapaxes(terms["kl_per_sample"][n_past - 1 :], 0, 1)

@@ -21,6 +21,8 @@ the KL. Which frame's encoder skips the decoder gets is :func:`skip_source`, one
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,10 +114,25 @@ def _inputs(cfg: ModelConfig, frames, cond, n_past: int):
     return x, check_cond(cfg, cond, batch, num_frames)
 
 
-def rollout(
-    params, batch_stats, frames, cond, key, *, model_cfg: ModelConfig, n_past: int, tf_mask=None, train: bool = True,
-    unroll=None, remat: bool = False,
-):
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """How :func:`rollout` runs (static: part of what a jitted caller compiles for).
+
+    ``train``: BatchNorm in training mode (batch statistics, running statistics updated).
+    ``unroll``: ``lax.scan`` unroll of the masked path (None = :func:`default_unroll`); the result
+    does not depend on it. ``remat``: recompute the encoder's and decoder's activations in the
+    backward pass instead of keeping them (``jax.checkpoint``; less memory, about one more forward
+    pass of them); the result does not depend on it.
+    """
+
+    model: ModelConfig
+    n_past: int
+    train: bool = True
+    unroll: int | None = None
+    remat: bool = False
+
+
+def rollout(params, batch_stats, frames, cond, key, how: Pass, tf_mask=None):
     """The posterior pass over a batch of sequences (training; teacher-forced reconstruction).
 
     Args:
@@ -123,14 +140,9 @@ def rollout(
       frames: ``[B, T, 64, 64, C]`` uint8 or float in [0, 1].
       cond: ``[B, T, cond_dim]`` (ignored, may be None, when ``cond_dim`` is 0).
       key: PRNG key; split into one key per step for the posterior sample.
+      how: the model, the context length and the static switches (:class:`Pass`).
       tf_mask: bool ``[B, T]``, True = the encoder input at step t is the ground truth x_{t-1}
         (entries t < n_past are treated as True); None = all True, the cheaper equivalent path.
-      train: BatchNorm in training mode (batch statistics, running statistics updated).
-      unroll: ``lax.scan`` unroll of the masked path (None = :func:`default_unroll`); the result
-        does not depend on it.
-      remat: recompute the encoder's and decoder's activations in the backward pass instead of
-        keeping them (``jax.checkpoint``; less memory, about one more forward pass of them);
-        the result does not depend on it.
 
     Returns ``(outputs, new_batch_stats)``; ``outputs`` holds time-major arrays for steps
     t = 1 .. T-1: ``x_hat`` ``[T-1, B, 64, 64, C]`` (predictions), ``target`` (the frames they
@@ -139,19 +151,21 @@ def rollout(
     ``q`` / ``p``: (mean, log-variance) pairs ``[T-1, B, z_dim]`` of the posterior and the prior
     (zeros for the fixed N(0, I) prior).
     """
-    x, cond = _inputs(model_cfg, frames, cond, n_past)
+    x, cond = _inputs(how.model, frames, cond, how.n_past)
     x_tm = jnp.swapaxes(x, 0, 1)  # [T, B, H, W, C]: the scan walks the leading axis
-    cond_tm = None if cond is None else jnp.swapaxes(cond, 0, 1)[1:]  # c_t for step t
-    apply = _bind(model_cfg, params, train, remat)
+    apply = _bind(how.model, params, how.train, how.remat)
     # Every ground-truth frame encoded once; time axis 0 -> per-step BatchNorm statistics.
-    (h_gt, skips_gt), bs = apply(batch_stats, ConditionalVAE.encode, x_tm, train, 0)
-    keys = jax.random.split(key, x.shape[1] - 1)
+    (h_gt, skips_gt), bs = apply(batch_stats, ConditionalVAE.encode, x_tm, how.train, 0)
     h_post, bs = apply(bs, ConditionalVAE.posterior_input, h_gt[1:], x_tm[:-1], x_tm[1:])
-    h_gt = (h_gt, h_post)
+    seq = {
+        "x": x_tm, "h": h_gt, "h_post": h_post, "skips": skips_gt,
+        "cond": None if cond is None else jnp.swapaxes(cond, 0, 1)[1:],  # c_t for step t
+        "keys": jax.random.split(key, x.shape[1] - 1),
+    }
     if tf_mask is None:
-        outputs, bs = _teacher_forced(apply, bs, model_cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train)
+        outputs, bs = _teacher_forced(apply, bs, seq, how)
     else:
-        outputs, bs = _masked(apply, bs, model_cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train, tf_mask, unroll)
+        outputs, bs = _masked(apply, bs, seq, how, tf_mask)
     return dict(outputs, target=x_tm[1:]), bs
 
 
@@ -164,13 +178,15 @@ def _posterior_step(apply, bs, states, h_in, h_target, z_key, c_t, train):
     return states, g, (mu_q, lv_q), (mu_p, lv_p), bs
 
 
-def _teacher_forced(apply, bs, cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train):
+def _teacher_forced(apply, bs, seq, how: Pass):
     """Every encoder input the ground truth: only the LSTMs in the scan; the decoder **once** on
     all T-1 steps after it (time-major, per-step BatchNorm statistics, running statistics updated
     in time order), the skip half of its first convolution at each resolution once per distinct
     skip frame (:class:`vp_jax.models.layers.SkipConcatConv`)."""
-    (h_gt, h_post), batch, num_frames = h_gt, x_tm.shape[1], x_tm.shape[0]
-    xs = {"key": keys, "h_prev": h_gt[:-1], "h_target": h_post, "cond": cond_tm}
+    cfg, n_past, train = how.model, how.n_past, how.train
+    x_tm, skips_gt = seq["x"], seq["skips"]
+    batch, num_frames = x_tm.shape[1], x_tm.shape[0]
+    xs = {"key": seq["keys"], "h_prev": seq["h"][:-1], "h_target": seq["h_post"], "cond": seq["cond"]}
 
     def step(carry, xs):
         states, bs = carry
@@ -187,7 +203,7 @@ def _teacher_forced(apply, bs, cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past,
     else:
         skips = tuple(jnp.stack([s[i] for i in frames_used]) for s in skips_gt)
     local = tuple(frames_used.index(i) for i in index)
-    x_hat, bs = apply(bs, ConditionalVAE.decode_steps, g, skips, local, train, cond_tm)
+    x_hat, bs = apply(bs, ConditionalVAE.decode_steps, g, skips, local, train, seq["cond"])
     if cfg.transforms:
         x_hat = _compose_steps(apply, bs, x_hat, x_tm, n_past)
     outputs = {
@@ -215,18 +231,20 @@ def _compose_steps(apply, bs, parts, x_tm, n_past):
     return x_hat
 
 
-def _masked(apply, bs, cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train, tf_mask, unroll):
+def _masked(apply, bs, seq, how: Pass, tf_mask):
     """Teacher forcing by mask: every step encodes, inside the scan, the mixed batch the encoder
     actually sees, so its BatchNorm statistics are those of that batch, as in the original; a step
     whose samples are all teacher forced keeps the ground truth's encoding and running statistics
     instead (selected, not branched: a ``lax.cond`` here made a step 1.7x slower on a CPU)."""
-    (h_gt, h_post), (num_frames, batch) = h_gt, x_tm.shape[:2]
+    n_past, train, x_tm, skips_gt = how.n_past, how.train, seq["x"], seq["skips"]
+    num_frames, batch = x_tm.shape[:2]
     teach = jnp.swapaxes(tf_mask.astype(bool), 0, 1) | (jnp.arange(num_frames) < n_past)[:, None]  # [T, B]
-    fixed = skip_source(cfg.skip_frame, n_past)
+    fixed = skip_source(how.model.skip_frame, n_past)
     fixed_skips = None if fixed is None else tuple(s[fixed] for s in skips_gt)
     xs = {
-        "t": jnp.arange(1, num_frames), "key": keys, "teach": teach[1:], "cond": cond_tm,
-        "x_prev": x_tm[:-1], "h_prev": h_gt[:-1], "h_target": h_post, "skips_prev": tuple(s[:-1] for s in skips_gt),
+        "t": jnp.arange(1, num_frames), "key": seq["keys"], "teach": teach[1:], "cond": seq["cond"],
+        "x_prev": x_tm[:-1], "h_prev": seq["h"][:-1], "h_target": seq["h_post"],
+        "skips_prev": tuple(s[:-1] for s in skips_gt),
     }
 
     def step(carry, xs):
@@ -246,8 +264,9 @@ def _masked(apply, bs, cfg, x_tm, h_gt, skips_gt, cond_tm, keys, n_past, train, 
         out = {"x_hat": x_hat, "g": g, "q": q, "p": p, "encoder_input": x_in, "reencoded": jnp.logical_not(all_teacher_forced)}
         return (states, x_hat, bs), out
 
-    carry = (initial_state(cfg, batch), jnp.zeros_like(x_tm[0]), bs)
-    (_, _, bs), outputs = jax.lax.scan(step, carry, xs, unroll=default_unroll() if unroll is None else unroll)
+    carry = (initial_state(how.model, batch), jnp.zeros_like(x_tm[0]), bs)
+    unroll = default_unroll() if how.unroll is None else how.unroll
+    (_, _, bs), outputs = jax.lax.scan(step, carry, xs, unroll=unroll)
     return outputs, bs
 
 

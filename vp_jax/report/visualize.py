@@ -106,8 +106,15 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
     df = read_metrics_csv(metrics_csv_path)
     x = _x_axis(df)
     os.makedirs(out_dir, exist_ok=True)
-    written = []
+    figures = {"loss.png": _loss_figure, "schedules.png": _schedules_figure, "val_psnr.png": _validation_figure}
+    return [save_fig(draw(df, x), os.path.join(out_dir, name)) for name, draw in figures.items()]
 
+
+def _no_values(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def _loss_figure(df, x):
     fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
     for ax, col, label, color in (
         (axes[0], "loss", "loss (MSE + β·KL)", "k"),
@@ -117,13 +124,15 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
         if _plot_series(ax, df, x, col, color=color):
             _maybe_log(ax, df, col)
         else:
-            ax.text(0.5, 0.5, f"no '{col}' values", ha="center", va="center", transform=ax.transAxes)
+            _no_values(ax, f"no '{col}' values")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel(x)
     fig.suptitle("training loss")
-    written.append(save_fig(fig, os.path.join(out_dir, "loss.png")))
+    return fig
 
+
+def _schedules_figure(df, x):
     fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     any_sched = _plot_series(axes[0], df, x, "beta", label="β (KL weight)", color="tab:purple")
     any_sched |= _plot_series(axes[0], df, x, "tfr", label="teacher forcing ratio", color="tab:green")
@@ -137,21 +146,16 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
     axes[1].set_xlabel(x)
     axes[1].grid(True, alpha=0.3)
     fig.suptitle("schedules")
-    written.append(save_fig(fig, os.path.join(out_dir, "schedules.png")))
+    return fig
 
-    fig, axes = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    ax = axes[0]
+
+def _validation_figure(df, x):
+    fig, (ax, sens) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     if _plot_series(ax, df, x, "val_psnr", color="tab:blue", label="model (all pixels)"):
         d = df[[x, "val_psnr"]].dropna()
         i = d["val_psnr"].idxmax()
-        ax.annotate(
-            f"best {d.loc[i, 'val_psnr']:.2f} dB @ {x} {d.loc[i, x]:g}",
-            (d.loc[i, x], d.loc[i, "val_psnr"]),
-            textcoords="offset points",
-            xytext=(0, -15),
-            ha="center",
-            fontsize=8,
-        )
+        ax.annotate(f"best {d.loc[i, 'val_psnr']:.2f} dB @ {x} {d.loc[i, x]:g}", (d.loc[i, x], d.loc[i, "val_psnr"]),
+                    textcoords="offset points", xytext=(0, -15), ha="center", fontsize=8)
         for col, label, style in (
             ("val_psnr_moving", "model, moving pixels", dict(color="tab:red")),
             ("val_posterior_psnr", "posterior reconstruction", dict(color="tab:green", ls="-.")),
@@ -160,20 +164,18 @@ def plot_training_curves(metrics_csv_path: str, out_dir: str) -> list[str]:
             _plot_series(ax, df, x, col, label=label, **style)
         ax.legend(loc="best", fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no validation PSNR yet", ha="center", va="center", transform=ax.transAxes)
+        _no_values(ax, "no validation PSNR yet")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(True, alpha=0.3)
     ax.set_title("validation PSNR")
-    ax = axes[1]
-    if not _plot_series(ax, df, x, "val_action_sensitivity_db", color="tab:purple"):
-        ax.text(0.5, 0.5, "no action sensitivity yet", ha="center", va="center", transform=ax.transAxes)
-    ax.axhline(0.0, color="gray", lw=0.8)
-    ax.set_ylabel("PSNR true - shuffled\nconditions (dB)")
-    ax.set_xlabel(x)
-    ax.grid(True, alpha=0.3)
-    ax.set_title("action sensitivity")
-    written.append(save_fig(fig, os.path.join(out_dir, "val_psnr.png")))
-    return written
+    if not _plot_series(sens, df, x, "val_action_sensitivity_db", color="tab:purple"):
+        _no_values(sens, "no action sensitivity yet")
+    sens.axhline(0.0, color="gray", lw=0.8)
+    sens.set_ylabel("PSNR true - shuffled\nconditions (dB)")
+    sens.set_xlabel(x)
+    sens.grid(True, alpha=0.3)
+    sens.set_title("action sensitivity")
+    return fig
 
 
 # ----------------------------------------------------------------------------- per-frame metrics
@@ -490,8 +492,12 @@ def write_labelled_strip(rows, labels, n_past: int, path: str, *, scale: int = 1
     return _write_atomically(path, ".png", lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
 
 
+#: Frame around each panel of :func:`write_labelled_gif` and the width of its label column, in pixels.
+GIF_BORDER, GIF_LABEL_WIDTH = 3, 110
+
+
 def write_labelled_gif(panels, labels, n_past: int, path: str, *, titles=("prediction", "truth"), fps: float = 4,
-                       scale: int = 2, border: int = 3, label_width: int = 110) -> str:
+                       scale: int = 2) -> str:
     """An animated GIF of several videos of one scene: one row per entry of ``panels`` (a list
     of ``[T, H, W, 3]`` videos, or None for an empty panel), its label on the left, the columns
     headed by ``titles``; every panel framed green on context frames and red on predicted ones,
@@ -500,6 +506,7 @@ def write_labelled_gif(panels, labels, n_past: int, path: str, *, titles=("predi
         raise ValueError(f"write_labelled_gif: {len(panels)} rows, {len(labels)} labels")
     videos = [[None if v is None else _to_uint8(v) for v in row] for row in panels]
     first = next(v for row in videos for v in row if v is not None)
+    border, label_width = GIF_BORDER, GIF_LABEL_WIDTH
     t, h, w, _ = first.shape
     cols = max(len(row) for row in videos)
     ph, pw = h * scale, w * scale

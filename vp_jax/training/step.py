@@ -9,14 +9,16 @@ summation order (``tests/test_speed.py``), about 2x faster on a CPU.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from vp_jax.config import TFR_MODES, ModelConfig, RunConfig, TrainConfig
+from vp_jax.config import TFR_MODES, RunConfig, TrainConfig
 from vp_jax.errors import ConfigError, DataError
 from vp_jax.models.losses import objective, step_terms
-from vp_jax.models.rollout import rollout
+from vp_jax.models.rollout import Pass, rollout
 from vp_jax.models.schedules import (
     kl_beta_schedule,
     learning_rate_schedule,
@@ -41,21 +43,16 @@ def teacher_forcing_mask(key: jax.Array, tfr, batch_size: int, num_frames: int, 
     return mask | (jnp.arange(num_frames) < n_past)[None, :]
 
 
-def rollout_loss(
-    params, batch_stats, frames, cond, tf_mask, key, beta, *, model_cfg: ModelConfig, n_past: int, unroll=None,
-    free_bits: float = 0.0, remat: bool = False,
-):
+def rollout_loss(params, batch_stats, batch: dict, key, beta, how: Pass, free_bits: float = 0.0):
     """The optimised objective of one batch (:func:`vp_jax.models.losses.objective` of the posterior
-    :func:`~vp_jax.models.rollout.rollout`, BatchNorm in training mode).
+    :func:`~vp_jax.models.rollout.rollout`).
 
-    Returns ``(loss, (metrics, new_batch_stats))``. ``tf_mask=None`` means every encoder input is
-    the ground truth (the rollout's faster, equivalent path); ``beta`` may be traced.
+    ``batch``: ``frames``, ``cond`` and ``mask`` (the teacher-forcing mask; absent or None means
+    every encoder input is the ground truth: the rollout's faster, equivalent path); ``beta`` may
+    be traced. Returns ``(loss, (metrics, new_batch_stats))``.
     """
-    outputs, new_batch_stats = rollout(
-        params, batch_stats, frames, cond, key, model_cfg=model_cfg, n_past=n_past, tf_mask=tf_mask, train=True,
-        unroll=unroll, remat=remat,
-    )
-    loss, metrics = objective(step_terms(model_cfg, outputs), beta, free_bits)
+    outputs, new_batch_stats = rollout(params, batch_stats, batch["frames"], batch["cond"], key, how, batch.get("mask"))
+    loss, metrics = objective(step_terms(how.model, outputs), beta, free_bits)
     return loss, (metrics, new_batch_stats)
 
 
@@ -101,61 +98,61 @@ def make_train_step(run: RunConfig, unroll=None):
       micro-batch. The teacher-forcing mask is drawn for the whole batch. Without BatchNorm and
       free bits the result is that of the big batch, up to float summation order.
     """
-    cfg, train, n_past, num_frames = run.model, run.train, run.n_past, run.num_frames
-    mode, free_bits, remat = train.tfr.mode, train.kl.free_bits, train.remat
-    lr_fn, beta_fn, tfr_fn = learning_rate_schedule(train), kl_beta_schedule(train), teacher_forcing_schedule(train)
+    train, num_frames = run.train, run.num_frames
+    how = Pass(run.model, run.n_past, unroll=unroll, remat=train.remat)
+    schedules = {"lr": learning_rate_schedule(train), "beta": kl_beta_schedule(train), "tfr": teacher_forcing_schedule(train)}
     teacher_forced_only = always_teacher_forced(train)
     accum = check_accumulation(train.batch_size, train.grad_accum)
 
+    def batch_grads(params, batch_stats, batch, key, beta):
+        # The masked rollout gives the teacher-forced path's numbers when every input is the
+        # ground truth; branching to that path (lax.cond) cost more on a CPU than it saved.
+        batch = dict(batch, mask=None) if teacher_forced_only else batch
+        loss = functools.partial(rollout_loss, batch_stats=batch_stats, batch=batch, key=key, beta=beta, how=how,
+                                 free_bits=train.kl.free_bits)
+        (_, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return new_batch_stats, grads, metrics
+
     def step(state: TrainState, batch: dict, key: jax.Array):
-        frames = batch["frames"]
-        if frames.ndim != 5 or frames.shape[1] < num_frames:
-            raise DataError(
-                f"batch['frames'] of shape {tuple(frames.shape)}: "
-                f"expected [B, T >= n_past + n_future = {num_frames}, H, W, C]"
-            )
-        frames = frames[:, :num_frames]
-        cond = batch.get("cond")
-        cond = None if (cond is None or not cfg.cond_dim) else cond[:, :num_frames]
+        batch = _model_batch(batch, run)
         mask_key, loss_key = jax.random.split(jax.random.fold_in(key, state.step))
-        tfr, beta, lr = tfr_fn(state.step), beta_fn(state.step), lr_fn(state.step)
-        tf_mask = teacher_forcing_mask(mask_key, tfr, frames.shape[0], num_frames, n_past, mode)
-
-        def loss_and_grad(batch_stats, frames, cond, mask, loss_key):
-            def loss(params):
-                return rollout_loss(params, batch_stats, frames, cond, mask, loss_key, beta,
-                                    model_cfg=cfg, n_past=n_past, unroll=unroll, free_bits=free_bits, remat=remat)
-
-            (_, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-            return new_batch_stats, grads, metrics
-
-        def batch_grads(batch_stats, frames, cond, mask, loss_key):
-            # The masked rollout gives the teacher-forced path's numbers when every input is the
-            # ground truth; branching to that path (lax.cond) cost more on a CPU than it saved.
-            return loss_and_grad(batch_stats, frames, cond, None if teacher_forced_only else mask, loss_key)
-
+        values = {name: fn(state.step) for name, fn in schedules.items()}
+        batch["mask"] = teacher_forcing_mask(mask_key, values["tfr"], batch["frames"].shape[0], num_frames, run.n_past,
+                                             train.tfr.mode)
         if accum == 1:
-            new_batch_stats, grads, metrics = batch_grads(state.batch_stats, frames, cond, tf_mask, loss_key)
+            new_batch_stats, grads, metrics = batch_grads(state.params, state.batch_stats, batch, loss_key, values["beta"])
         else:
             def micro_step(batch_stats, micro, i):
-                return batch_grads(batch_stats, micro["frames"], micro["cond"], micro["mask"],
-                                   jax.random.fold_in(loss_key, i))
+                return batch_grads(state.params, batch_stats, micro, jax.random.fold_in(loss_key, i), values["beta"])
 
-            new_batch_stats, grads, metrics = accumulate_gradients(
-                micro_step, state.batch_stats, {"frames": frames, "cond": cond, "mask": tf_mask}, accum)
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = opt_state.last_finite  # apply_if_finite skipped the update when False
-        batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_batch_stats, state.batch_stats)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        metrics = dict(
-            metrics,
-            beta=beta,
-            tfr=tfr,
-            lr=jnp.asarray(lr, jnp.float32),
-            finite=finite.astype(jnp.float32),
-            nonfinite_count=opt_state.notfinite_count,
-        )
+            new_batch_stats, grads, metrics = accumulate_gradients(micro_step, state.batch_stats, batch, accum)
+        new_state, finite = _apply_update(state, grads, new_batch_stats)
+        metrics = dict(metrics, beta=values["beta"], tfr=values["tfr"], lr=jnp.asarray(values["lr"], jnp.float32),
+                       finite=finite.astype(jnp.float32), nonfinite_count=new_state.opt_state.notfinite_count)
         return new_state, metrics
 
     return jax.jit(step, donate_argnums=0)
+
+
+def _model_batch(batch: dict, run: RunConfig) -> dict:
+    """The first ``n_past + n_future`` frames and conditions the model reads (cond None without one)."""
+    frames, num_frames = batch["frames"], run.num_frames
+    if frames.ndim != 5 or frames.shape[1] < num_frames:
+        raise DataError(
+            f"batch['frames'] of shape {tuple(frames.shape)}: "
+            f"expected [B, T >= n_past + n_future = {num_frames}, H, W, C]"
+        )
+    cond = batch.get("cond")
+    cond = None if (cond is None or not run.model.cond_dim) else cond[:, :num_frames]
+    return {"frames": frames[:, :num_frames], "cond": cond}
+
+
+def _apply_update(state: TrainState, grads, new_batch_stats):
+    """The optimiser's update; BatchNorm's running statistics kept only from a finite step
+    (``apply_if_finite`` skipped the update otherwise). -> (new state, finite)."""
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    finite = opt_state.last_finite
+    batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_batch_stats, state.batch_stats)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, finite
