@@ -203,7 +203,7 @@ def test_skip_bad_counts_and_strict_mode_stops(bad_root, tmp_path):
     with pytest.raises(DataError, match="5.png: not a readable PNG"):
         cache.build_cache("lab", bad_root, "train", str(tmp_path / "strict"))
     assert not os.path.exists(tmp_path / "strict")
-    m = cache.build_cache("lab", bad_root, "train", str(tmp_path / "lenient"), skip_bad=True)
+    m = cache.build_cache("lab", bad_root, "train", str(tmp_path / "lenient"), cache.Reading(skip_bad=True))
     assert m["count"] == len(seqs) - 2 and m["skipped"] == 2
     assert "5.png" in m["skipped_examples"][0] and "actions.csv" in m["skipped_examples"][1]
     frames, cond, _ = cache.open_cache(str(tmp_path / "lenient"))

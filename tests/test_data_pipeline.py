@@ -11,7 +11,7 @@ from data_support import data_config
 
 from vp_jax.data import pipeline
 from vp_jax.data.lab_folders import LabFolders
-from vp_jax.data.pipeline import BatchIterator, SequenceSource, condition_stats, eval_batches, open_split
+from vp_jax.data.pipeline import BatchIterator, Sampling, SequenceSource, condition_stats, eval_batches, open_split
 from vp_jax.errors import DataError
 
 
@@ -115,7 +115,7 @@ def test_epochs_shuffle_and_drop_remainder():
     assert all(np.array_equal(ids(next(same))[0], s) for s in seen)  # deterministic, prefetch or not
     other = BatchIterator(src, 4, 3, seed=6, prefetch=0)
     assert not np.array_equal(ids(next(other))[0], seen[0])
-    ordered = BatchIterator(src, 4, 3, seed=5, shuffle=False, prefetch=0)
+    ordered = BatchIterator(src, 4, 3, seed=5, sampling=Sampling(shuffle=False), prefetch=0)
     assert list(ids(next(ordered))[0]) == [0, 1, 2, 3]
 
 
@@ -123,7 +123,7 @@ def test_epochs_shuffle_and_drop_remainder():
 @pytest.mark.parametrize("random_offset", [False, True])
 def test_restored_iterator_yields_the_same_batches(prefetch, random_offset):
     src = small_source(n=11, s=6)
-    kw = dict(seed=3, random_offset=random_offset, prefetch=prefetch)
+    kw = dict(seed=3, sampling=Sampling(random_offset=random_offset), prefetch=prefetch)
     a = BatchIterator(src, 3, 4, **kw)
     for _ in range(5):  # into the second epoch (3 batches per epoch)
         next(a)
@@ -146,7 +146,7 @@ def test_restored_iterator_yields_the_same_batches(prefetch, random_offset):
 
 def test_random_offset_windows():
     src = small_source(n=11, s=9)
-    it = BatchIterator(src, 11, 4, seed=0, random_offset=True, prefetch=0)
+    it = BatchIterator(src, 11, 4, seed=0, sampling=Sampling(random_offset=True), prefetch=0)
     starts = []
     for epoch in range(3):
         batch = next(it)
@@ -163,11 +163,11 @@ def test_random_offset_windows():
 
 def test_eval_mode_visits_everything_once_in_order():
     src = small_source(n=11)
-    batches = list(eval_batches(src, 4, 5))
+    batches = list(eval_batches(src, 4, 5, sampling=Sampling(shuffle=False, drop_remainder=False)))
     assert [len(b["frames"]) for b in batches] == [4, 4, 3]
     np.testing.assert_array_equal(np.concatenate([ids(b)[0] for b in batches]), np.arange(11))
     assert (np.concatenate([ids(b)[1] for b in batches]) == 0).all()
-    padded = list(eval_batches(src, 4, 5, pad_last=True, prefetch=0))
+    padded = list(eval_batches(src, 4, 5, prefetch=0))
     assert [len(b["frames"]) for b in padded] == [4, 4, 4]
     assert padded[-1]["mask"].tolist() == [True, True, True, False] and padded[0]["mask"].all()
     np.testing.assert_array_equal(ids(padded[-1])[0], [8, 9, 10, 10])
@@ -176,7 +176,7 @@ def test_eval_mode_visits_everything_once_in_order():
 def test_condition_standardisation(train):
     stats = condition_stats(train)
     assert stats["mean"].shape == (7,) and stats["std"].dtype == np.float32
-    batches = list(eval_batches(train, 4, 30, cond_stats=stats))
+    batches = list(eval_batches(train, 4, 30, cond_stats=stats, sampling=Sampling(shuffle=False, drop_remainder=False)))
     cond = np.concatenate([b["cond"] for b in batches]).reshape(-1, 7)
     np.testing.assert_allclose(cond.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(cond.std(0), 1, atol=1e-3)

@@ -70,7 +70,7 @@ def test_camera_choice(mock):
 
 
 def test_tfds_cache_equals_direct_reads(mock, tmp_path):
-    m = cache.build_cache("tfds", "", "test", str(tmp_path / "c"), tfds_validate=2)
+    m = cache.build_cache("tfds", "", "test", str(tmp_path / "c"), cache.Reading(tfds_validate=2))
     assert m["count"] == N and m["camera"] == "image_aux1"
     frames, cond, _ = cache.open_cache(str(tmp_path / "c"))
     reader = TfdsBair("", "test")

@@ -68,7 +68,7 @@ def test_process_rows_make_up_the_global_batch(tiny_config, tmp_path):
     BatchIterator given those rows reads only them, with the global batch's order and state."""
     from data_support import COUNTS, SEED, make_pushbot
 
-    from vp_jax.data.pipeline import BatchIterator, open_split
+    from vp_jax.data.pipeline import BatchIterator, Sampling, open_split
 
     for n in (1, 2, 3, 4):
         rows = [np.arange(12)[parallel.process_batch_slice(12, i, n)] for i in range(n)]
@@ -84,7 +84,7 @@ def test_process_rows_make_up_the_global_batch(tiny_config, tmp_path):
     src = open_split(c.data, "train")
 
     def iterator(rows=None):
-        return BatchIterator(src, batch_size=4, seq_len=5, seed=3, prefetch=0, random_offset=True, rows=rows)
+        return BatchIterator(src, 4, 5, 3, Sampling(random_offset=True, rows=rows), prefetch=0)
 
     whole, pieces = iterator(), [iterator(parallel.process_batch_slice(4, i, 2)) for i in range(2)]
     for it in [whole, *pieces]:

@@ -8,6 +8,7 @@ naming the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -220,7 +221,7 @@ def run_config(config: ml_collections.ConfigDict) -> RunConfig:
         )
     except AttributeError as err:  # a missing field in a hand-written config
         raise ConfigError(f"config is missing a field: {err}") from None
-    _check(config)
+    _check(run, config)
     return run
 
 
@@ -236,89 +237,76 @@ def _require(cond: bool, field: str, expected: str, value) -> None:
         raise ConfigError(f"config.{field} = {value!r}: expected {expected}")
 
 
-def _check(config: ml_collections.ConfigDict) -> None:
-    """The checks of fields that must agree with each other."""
+#: Integer fields and their lowest allowed value.
+_AT_LEAST = {
+    "n_past": 1, "n_future": 1, "model.cond_dim": 0, "model.decoder_cond": 0, "model.decoder_cond_hidden": 1,
+    "model.transforms": 0, "train.batch_size": 1, "train.epoch_size": 1, "train.epochs": 1, "train.kl.cycles": 1,
+    "train.max_nonfinite": 1, "eval.every_epochs": 1, "eval.batch_size": 1, "eval.num_samples": 1,
+    "eval.val_samples": 1, "checkpoint_keep": 1,
+}
+#: Number fields: (what is expected, the test).
+_RANGES = {
+    "train.lr": ("a positive number", lambda v: v > 0),
+    "train.kl.beta_max": ("a number >= 0", lambda v: v >= 0),
+    "train.kl.free_bits": ("a number >= 0", lambda v: v >= 0),
+    "train.kl.ratio": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "train.tfr.lower_bound": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "train.tfr.start": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "train.tfr.decay_step": ("a number >= 0", lambda v: v >= 0),
+    "eval.moving_threshold": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+}
+_CHOICES = {
+    "model.skip_frame": SKIP_FRAMES, "model.output": OUTPUTS, "model.dtype": DTYPES, "train.lr_schedule": LR_SCHEDULES,
+    "train.kl.schedule": KL_SCHEDULES, "train.kl.per": ("epoch", "step"), "train.tfr.mode": TFR_MODES,
+    "eval.bn_mode": BN_MODES,
+}
+
+
+def _check(run: RunConfig, config: ml_collections.ConfigDict) -> None:
+    """Every field's range, then the fields that must agree with each other."""
+    def value(name):
+        return functools.reduce(getattr, name.split("."), run)
+
+    for name, lowest in _AT_LEAST.items():
+        _require(value(name) >= lowest, name.replace("_keep", ".keep"), f"an integer >= {lowest}", value(name))
+    for name, (expected, ok) in _RANGES.items():
+        _require(ok(value(name)), name, expected, value(name))
+    for name, choices in _CHOICES.items():
+        _require(value(name) in choices, name, f"one of {choices}", value(name))
+    _check_model(run)
     try:
-        m, d, t, e = config.model, config.data, config.train, config.eval
-        _require(config.n_past >= 1, "n_past", "an integer >= 1", config.n_past)
-        _require(config.n_future >= 1, "n_future", "an integer >= 1", config.n_future)
-        _require(config.n_eval > config.n_past, "n_eval", f"more than n_past ({config.n_past})", config.n_eval)
-        _require(
-            config.n_past + config.n_future <= d.seq_len,
-            "n_future",
-            f"n_past + n_future <= data.seq_len ({d.seq_len})",
-            config.n_future,
-        )
-        _require(config.n_eval <= d.seq_len, "n_eval", f"<= data.seq_len ({d.seq_len})", config.n_eval)
-        _require(m.image_size == 64, "model.image_size", "64 (the VGG-64 network)", m.image_size)
-        _require(len(m.enc_widths) == 4, "model.enc_widths", "4 stage widths", tuple(m.enc_widths))
-        _require(m.skip_frame in SKIP_FRAMES, "model.skip_frame", f"one of {SKIP_FRAMES}", m.skip_frame)
-        _require(
-            m.skip_frame != "original" or config.n_past >= 2,
-            "model.skip_frame",
-            "'last_context' or 'every_step' when n_past < 2 (the original uses frame n_past-2)",
-            m.skip_frame,
-        )
-        _require(m.cond_dim >= 0, "model.cond_dim", "an integer >= 0", m.cond_dim)
-        _require(m.get("output", "frame") in OUTPUTS, "model.output", f"one of {OUTPUTS}", m.get("output"))
-        decoder_cond = m.get("decoder_cond", 0)
-        _require(decoder_cond >= 0, "model.decoder_cond", "an integer >= 0", decoder_cond)
-        _require(
-            not decoder_cond or m.cond_dim > 0, "model.decoder_cond", "0 when model.cond_dim is 0 (no condition)",
-            decoder_cond,
-        )
-        _require(m.get("decoder_cond_hidden", 32) >= 1, "model.decoder_cond_hidden", "an integer >= 1",
-                 m.get("decoder_cond_hidden"))
-        _require(not m.get("field_g", False) or decoder_cond, "model.field_g", "False unless model.decoder_cond > 0",
-                 m.get("field_g"))
-        transforms = m.get("transforms", 0)
-        _require(transforms >= 0, "model.transforms", "an integer >= 0", transforms)
-        _require(not transforms or m.get("output") == "composite", "model.transforms",
-                 "0 unless model.output = 'composite'", transforms)
-        size = m.get("transform_size", 7)
-        _require(size >= 1 and size % 2 == 1, "model.transform_size", "an odd integer >= 1", size)
-        _require(not m.get("prior_cond", False) or (m.cond_dim > 0 and m.learned_prior), "model.prior_cond",
-                 "False unless the model has a condition (cond_dim > 0) and a learned prior", m.get("prior_cond"))
-        _require(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
-        _require(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
-        _require(
-            d.source not in ("tfds", "bair") or d.camera in CAMERAS,
-            "data.camera",
-            f"one of {CAMERAS} (image_aux1 is the camera SVG uses)",
-            d.camera,
-        )
-        _require(
-            d.source == "tfds" or m.cond_dim in (0, 7),
-            "model.cond_dim",
-            "0 (no condition) or 7 (action 4 + position 3)",
-            m.cond_dim,
-        )
-        _require(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
-        _require(t.epoch_size >= 1, "train.epoch_size", "an integer >= 1", t.epoch_size)
-        _require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
-        _require(t.lr > 0, "train.lr", "a positive number", t.lr)
-        _require(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {LR_SCHEDULES}", t.lr_schedule)
-        _require(t.kl.schedule in KL_SCHEDULES, "train.kl.schedule", f"one of {KL_SCHEDULES}", t.kl.schedule)
-        _require(t.kl.per in ("epoch", "step"), "train.kl.per", "'epoch' or 'step'", t.kl.per)
-        _require(t.kl.cycles >= 1, "train.kl.cycles", "an integer >= 1", t.kl.cycles)
-        _require(0 < t.kl.ratio <= 1, "train.kl.ratio", "a number in (0, 1]", t.kl.ratio)
-        _require(t.kl.beta_max >= 0, "train.kl.beta_max", "a number >= 0", t.kl.beta_max)
-        _require(t.kl.get("free_bits", 0.0) >= 0, "train.kl.free_bits", "a number >= 0", t.kl.get("free_bits"))
-        _require(t.tfr.mode in TFR_MODES, "train.tfr.mode", f"one of {TFR_MODES}", t.tfr.mode)
-        _require(0 <= t.tfr.lower_bound <= 1, "train.tfr.lower_bound", "a number in [0, 1]", t.tfr.lower_bound)
-        _require(0 <= t.tfr.start <= 1, "train.tfr.start", "a number in [0, 1]", t.tfr.start)
-        _require(t.tfr.decay_step >= 0, "train.tfr.decay_step", "a number >= 0", t.tfr.decay_step)
-        _require(t.max_nonfinite >= 1, "train.max_nonfinite", "an integer >= 1", t.max_nonfinite)
-        _require(e.every_epochs >= 1, "eval.every_epochs", "an integer >= 1", e.every_epochs)
-        _require(e.batch_size >= 1, "eval.batch_size", "an integer >= 1", e.batch_size)
-        _require(e.num_samples >= 1, "eval.num_samples", "an integer >= 1", e.num_samples)
-        _require(e.get("val_samples", 1) >= 1, "eval.val_samples", "an integer >= 1", e.get("val_samples"))
-        _require(e.bn_mode in BN_MODES, "eval.bn_mode", f"one of {BN_MODES}", e.bn_mode)
-        threshold = e.get("moving_threshold", 0.05)
-        _require(0 <= threshold < 1, "eval.moving_threshold", "a number in [0, 1)", threshold)
-        _require(config.checkpoint.keep >= 1, "checkpoint.keep", "an integer >= 1", config.checkpoint.keep)
+        _check_data(run, config.data)
     except AttributeError as err:  # a missing field in a hand-written config
         raise ConfigError(f"config is missing a field: {err}") from None
+
+
+def _check_model(run: RunConfig) -> None:
+    m = run.model
+    _require(run.n_eval > run.n_past, "n_eval", f"more than n_past ({run.n_past})", run.n_eval)
+    _require(m.image_size == 64, "model.image_size", "64 (the VGG-64 network)", m.image_size)
+    _require(len(m.enc_widths) == 4, "model.enc_widths", "4 stage widths", m.enc_widths)
+    _require(m.skip_frame != "original" or run.n_past >= 2, "model.skip_frame",
+             "'last_context' or 'every_step' when n_past < 2 (the original uses frame n_past-2)", m.skip_frame)
+    _require(not m.decoder_cond or m.cond_dim > 0, "model.decoder_cond", "0 when model.cond_dim is 0 (no condition)",
+             m.decoder_cond)
+    _require(not m.field_g or m.decoder_cond, "model.field_g", "False unless model.decoder_cond > 0", m.field_g)
+    _require(not m.transforms or m.output == "composite", "model.transforms",
+             "0 unless model.output = 'composite'", m.transforms)
+    _require(m.transform_size >= 1 and m.transform_size % 2 == 1, "model.transform_size", "an odd integer >= 1",
+             m.transform_size)
+    _require(not m.prior_cond or (m.cond_dim > 0 and m.learned_prior), "model.prior_cond",
+             "False unless the model has a condition (cond_dim > 0) and a learned prior", m.prior_cond)
+
+
+def _check_data(run: RunConfig, d) -> None:
+    _require(run.num_frames <= d.seq_len, "n_future", f"n_past + n_future <= data.seq_len ({d.seq_len})",
+             run.n_future)
+    _require(run.n_eval <= d.seq_len, "n_eval", f"<= data.seq_len ({d.seq_len})", run.n_eval)
+    _require(d.source in SOURCES, "data.source", f"one of {SOURCES}", d.source)
+    _require(d.source not in ("tfds", "bair") or d.camera in CAMERAS, "data.camera",
+             f"one of {CAMERAS} (image_aux1 is the camera SVG uses)", d.camera)
+    _require(d.source == "tfds" or run.model.cond_dim in (0, 7), "model.cond_dim",
+             "0 (no condition) or 7 (action 4 + position 3)", run.model.cond_dim)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@ build it on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -229,19 +230,20 @@ def normalize_root(root: str) -> str:
     return os.path.abspath(os.path.expanduser(root)) if root else ""
 
 
-def build_cache(
-    source: str,
-    root: str,
-    split: str,
-    out: str,
-    *,
-    camera: str = "image_aux1",
-    num_frames: int = 30,
-    skip_bad: bool = False,
-    tfds_validate: int = 256,
-    workers: int = 2,
-    progress: bool = False,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How :func:`build_cache` reads a source: the BAIR camera, frames per sequence (at least;
+    BAIR's sequences keep all of theirs), whether bad sequences are skipped (else refused), the
+    TFDS validation split's size, and the folder readers' threads."""
+
+    camera: str = "image_aux1"
+    num_frames: int = 30
+    skip_bad: bool = False
+    tfds_validate: int = 256
+    workers: int = 2
+
+
+def build_cache(source: str, root: str, split: str, out: str, reading: Reading = Reading(), progress: bool = False) -> dict:
     """Convert one split of ``source`` ('lab', 'pushbot', 'tfds' or 'bair') into a cache at ``out``.
 
     'lab' and 'pushbot' read the folder layout under ``root`` (pushbot data must exist already,
@@ -251,13 +253,14 @@ def build_cache(
     :mod:`vp_jax.data.bair`). Returns the manifest.
     """
     meta = dict(source=source, root=normalize_root(root), split=split)
+    camera, num_frames, skip_bad = reading.camera, reading.num_frames, reading.skip_bad
     if source in ("lab", "pushbot"):
         folders = LabFolders(root, split, num_frames)
-        items = folders.iter_sequences(skip_bad=skip_bad, workers=workers)
+        items = folders.iter_sequences(skip_bad=skip_bad, workers=reading.workers)
         count = len(folders)
     elif source in CAMERA_SOURCES:
         if source == "tfds":
-            reader = TfdsBair(root, split, camera=camera, validate_count=tfds_validate)
+            reader = TfdsBair(root, split, camera=camera, validate_count=reading.tfds_validate)
         else:
             reader = BairRecords(root, split, camera=camera)
         if num_frames > reader.num_frames:

@@ -2,14 +2,14 @@
 
     source = open_split(config.data, "train")            # SequenceSource: frames/cond arrays
     stats = condition_stats(source) if config.data.normalize_condition else None
-    it = BatchIterator(source, config.train.batch_size, config.n_past + config.n_future,
-                       seed=config.seed, random_offset=config.data.random_offset, cond_stats=stats)
+    it = BatchIterator(source, config.train.batch_size, config.n_past + config.n_future, config.seed,
+                       Sampling(random_offset=config.data.random_offset), cond_stats=stats)
     batch = next(it)      # {'frames': uint8 [B, T, 64, 64, 3], 'cond': float32 [B, T, 7]}
     state = it.get_state()   # {'epoch': e, 'position': p}: save with the checkpoint
     it.set_state(state)      # later: continues with exactly the batch that would have come next
 
     for batch in eval_batches(open_split(config.data, "test"), 32, config.n_eval):
-        ...                  # every sequence once, in order; the last batch may be smaller
+        ...                  # every sequence once, in order; the last batch padded, with 'mask'
 
 Sources. 'lab' and 'pushbot' read the folder layout through a packed cache
 (:mod:`vp_jax.data.cache`) built on first use at ``<data.cache_dir>/<source>-<split>``, or at
@@ -141,10 +141,8 @@ def _open_cached(data_cfg, split: str, path: str, skip_bad: bool, tfds_validate:
     if not os.path.isfile(os.path.join(path, cache.MANIFEST_FILE)):
         log.info("building the %s cache of %s/%s at %s (once)", source, root, split, path)
         try:
-            cache.build_cache(
-                source, root, split, path, camera=data_cfg.camera, skip_bad=skip_bad, tfds_validate=tfds_validate,
-                progress=True,
-            )
+            reading = cache.Reading(camera=data_cfg.camera, skip_bad=skip_bad, tfds_validate=tfds_validate)
+            cache.build_cache(source, root, split, path, reading, progress=True)
         except PermissionError as err:  # e.g. a read-only data root and no data.cache_dir
             raise DataError(f"{path}: cannot write the cache ({err.strerror}); set data.cache_dir to a writable folder") from None
     frames, cond, manifest = cache.open_cache(path)
@@ -208,6 +206,36 @@ def _mean_and_inverse_std(cond_stats: dict) -> tuple[np.ndarray, np.ndarray]:
             np.float32(1.0) / np.asarray(cond_stats["std"], np.float32))
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Which windows a :class:`BatchIterator` draws, in which order.
+
+    shuffle: reshuffle each epoch; False visits sequences in order.
+    drop_remainder: drop the last ``N % B`` sequences of an epoch (training); False keeps a
+      smaller last batch (or a padded one, see ``pad_last``).
+    random_offset: start each window at a random frame in ``[0, S - seq_len]``.
+    start: first frame of each window when ``random_offset`` is False.
+    pad_last: with ``drop_remainder=False``, pad the last batch to B by repeating its last
+      sequence and add ``'mask'`` (True = real sequence) to every batch.
+    rows: a ``slice`` of each batch's B rows: only these sequences are read and yielded (one
+      process's share of a global batch in a multi-process run,
+      :func:`vp_jax.runtime.parallel.process_batch_slice`); the order, the epochs and the state are
+      those of the whole batch, so :meth:`BatchIterator.get_state` / ``set_state`` carry over
+      between runs with different numbers of processes.
+    """
+
+    shuffle: bool = True
+    drop_remainder: bool = True
+    random_offset: bool = False
+    start: int = 0
+    pad_last: bool = False
+    rows: slice | None = None
+
+
+#: Every sequence once, in order, from its first frame; the last batch padded (with ``'mask'``).
+EVALUATION = Sampling(shuffle=False, drop_remainder=False, pad_last=True)
+
+
 class _BatchMaker:
     """The pure part of :class:`BatchIterator`: batch (epoch, position) -> arrays.
 
@@ -215,10 +243,10 @@ class _BatchMaker:
     that is dropped is garbage-collected and its ``__del__`` stops the thread.
     """
 
-    def __init__(self, source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last, cond_stats, rows=None):
+    def __init__(self, source, batch_size: int, seq_len: int, seed: int, sampling: Sampling, cond_stats):
         self.source, self.batch_size, self.seq_len, self.seed = source, batch_size, seq_len, int(seed)
-        self.shuffle, self.random_offset, self.start, self.pad_last = shuffle, random_offset, start, pad_last
-        self.rows = rows
+        self.shuffle, self.random_offset, self.start = sampling.shuffle, sampling.random_offset, sampling.start
+        self.pad_last, self.rows = sampling.pad_last and not sampling.drop_remainder, sampling.rows
         self.standardizer = None if cond_stats is None else _mean_and_inverse_std(cond_stats)  # once, not per batch
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
@@ -315,41 +343,15 @@ class BatchIterator:
       batch_size: B.
       seq_len: frames per window (<= the source's S).
       seed: shuffling/offset seed (use ``config.seed``).
-      shuffle: reshuffle each epoch; False visits sequences in order.
-      drop_remainder: drop the last ``N % B`` sequences of an epoch (training); False keeps a
-        smaller last batch (or a padded one, see ``pad_last``).
-      random_offset: start each window at a random frame in ``[0, S - seq_len]``.
+      sampling: order, windows, last batch and rows (:class:`Sampling`).
       cond_stats: ``{'mean', 'std'}`` from :func:`condition_stats` to standardise ``cond``; None = raw.
       prefetch: batches prepared ahead by a background thread (0 = none, build on demand).
       epochs: stop after this many epochs (None = repeat forever).
-      start: first frame of each window when ``random_offset`` is False.
-      pad_last: with ``drop_remainder=False``, pad the last batch to B by repeating its last
-        sequence and add ``'mask'`` (True = real sequence) to every batch.
-      rows: a ``slice`` of each batch's B rows: only these sequences are read and yielded (one
-        process's share of a global batch in a multi-process run,
-        :func:`vp_jax.runtime.parallel.process_batch_slice`); the order, the epochs and the state are
-        those of the whole batch, so :meth:`get_state` / :meth:`set_state` carry over between
-        runs with different numbers of processes.
     """
 
-    def __init__(
-        self,
-        source: SequenceSource,
-        batch_size: int,
-        seq_len: int,
-        seed: int,
-        shuffle: bool = True,
-        drop_remainder: bool = True,
-        random_offset: bool = False,
-        cond_stats: dict | None = None,
-        prefetch: int = 2,
-        *,
-        epochs: int | None = None,
-        start: int = 0,
-        pad_last: bool = False,
-        rows: slice | None = None,
-    ):
-        n, s = len(source), source.num_frames
+    def __init__(self, source: SequenceSource, batch_size: int, seq_len: int, seed: int, sampling: Sampling = Sampling(),
+                 cond_stats: dict | None = None, prefetch: int = 2, epochs: int | None = None):
+        n, s, start, drop_remainder = len(source), source.num_frames, sampling.start, sampling.drop_remainder
         if batch_size < 1:
             raise DataError(f"batch_size {batch_size}: expected >= 1")
         if seq_len < 1 or start < 0 or start + seq_len > s:
@@ -361,10 +363,7 @@ class BatchIterator:
         self.source, self.batch_size, self.seq_len, self.seed = source, batch_size, seq_len, int(seed)
         self.epochs, self.prefetch = epochs, max(0, int(prefetch))
         self.steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
-        self._maker = _BatchMaker(
-            source, batch_size, seq_len, seed, shuffle, random_offset, start, pad_last and not drop_remainder,
-            cond_stats, rows,
-        )
+        self._maker = _BatchMaker(source, batch_size, seq_len, seed, sampling, cond_stats)
         self._epoch, self._position = 0, 0  # the next batch the consumer gets
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -452,26 +451,9 @@ class BatchIterator:
             pass
 
 
-def eval_batches(
-    source: SequenceSource,
-    batch_size: int,
-    seq_len: int,
-    cond_stats: dict | None = None,
-    pad_last: bool = False,
-    prefetch: int = 2,
-) -> BatchIterator:
-    """Every sequence once, in order, first ``seq_len`` frames; the last batch is smaller
-    (``N % batch_size`` sequences) unless ``pad_last`` pads it and adds ``'mask'``.
-    """
-    return BatchIterator(
-        source,
-        batch_size,
-        seq_len,
-        seed=0,
-        shuffle=False,
-        drop_remainder=False,
-        cond_stats=cond_stats,
-        prefetch=prefetch,
-        epochs=1,
-        pad_last=pad_last,
-    )
+def eval_batches(source: SequenceSource, batch_size: int, seq_len: int, cond_stats: dict | None = None,
+                 sampling: Sampling = EVALUATION, prefetch: int = 2) -> BatchIterator:
+    """Every sequence once, in order, first ``seq_len`` frames; the last batch padded with
+    ``'mask'`` (:data:`EVALUATION`), or smaller with ``Sampling(shuffle=False, drop_remainder=False)``."""
+    return BatchIterator(source, batch_size, seq_len, seed=0, sampling=sampling, cond_stats=cond_stats,
+                         prefetch=prefetch, epochs=1)

@@ -69,18 +69,9 @@ def main(argv=None) -> None:
         raise DataError(f"{args.out}: holds a cache of another source/root/split/camera; use --force or another --out")
 
     start = time.perf_counter()
-    manifest = cache.build_cache(
-        args.source,
-        args.root,
-        args.split,
-        args.out,
-        camera=args.camera,
-        num_frames=args.frames,
-        skip_bad=args.skip_bad,
-        tfds_validate=args.tfds_validate,
-        workers=args.workers,
-        progress=True,
-    )
+    reading = cache.Reading(camera=args.camera, num_frames=args.frames, skip_bad=args.skip_bad,
+                            tfds_validate=args.tfds_validate, workers=args.workers)
+    manifest = cache.build_cache(args.source, args.root, args.split, args.out, reading, progress=True)
     secs = time.perf_counter() - start
     skipped = f", skipped {manifest['skipped']} bad sequences" if manifest["skipped"] else ""
     print(

@@ -118,7 +118,7 @@ class SplitScorer:
         shuffle = derangement(n, run.seed) if o.shuffled and run.model.cond_dim and n > 1 else None
         out = {}
         # Every sequence once, in order; the last batch padded by repeating its last sequence.
-        batches = eval_batches(source, o.batch_size, run.n_eval, cond_stats=self.cond_stats, pad_last=True)
+        batches = eval_batches(source, o.batch_size, run.n_eval, cond_stats=self.cond_stats)
         bar = tqdm(range(num_batches), desc="generate", disable=not o.progress, leave=False)
         for i, batch in zip(bar, batches):
             keep = int(batch["mask"].sum())

@@ -26,7 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vp_jax.config import RunConfig, run_config, save_config_json
-from vp_jax.data.pipeline import BatchIterator, condition_stats, open_split
+from vp_jax.data.pipeline import BatchIterator, Sampling, condition_stats, open_split
 from vp_jax.report import visualize
 from vp_jax.runtime import parallel
 from vp_jax.store.checkpoints import CheckpointStore
@@ -89,9 +89,8 @@ def _train(config: RunConfig, workdir: str, make_validator) -> dict:
         lambda: (open_split(config.data, "train"), open_split(config.data, "validate")))
     cond_stats = condition_stats(train_src) if config.data.normalize_condition else None
     # Each process reads only its rows of every global batch (all of them on a single process).
-    batches = BatchIterator(train_src, batch_size=config.train.batch_size, seq_len=config.num_frames,
-                            seed=config.seed, random_offset=config.data.random_offset, cond_stats=cond_stats,
-                            rows=parallel.process_batch_slice(config.train.batch_size))
+    sampling = Sampling(random_offset=config.data.random_offset, rows=parallel.process_batch_slice(config.train.batch_size))
+    batches = BatchIterator(train_src, config.train.batch_size, config.num_frames, config.seed, sampling, cond_stats)
     base_key = jax.random.key(config.seed)
     init_key, val_key = jax.random.split(jax.random.fold_in(base_key, -1 % 2**31))
     state = create_train_state(config, init_key)
