@@ -47,17 +47,12 @@ def main(argv=None):
                    help="timed calls (default: enough batches to cover --num-sequences, at least 2)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--no-xla-flags", action="store_true")
-    p.add_argument("--no-malloc-tuning", action="store_true")
     args = p.parse_args(argv)
 
     if not args.no_xla_flags:
         from vp_jax.runtime.xla_flags import configure_xla_flags
 
         configure_xla_flags()
-    if not args.no_malloc_tuning:
-        from vp_jax.runtime.host_memory import configure_malloc
-
-        configure_malloc()
     load_before = os.getloadavg()[0]
     import jax
     import numpy as np

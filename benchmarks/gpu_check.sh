@@ -51,17 +51,15 @@ fi
 # 1. environment
 "$PY" - "$OUT_DIR/env.json" <<'EOF' || exit 1
 import json, os, sys
-from vp_jax.runtime import host_memory
 from vp_jax.runtime.xla_flags import configure_xla_flags, runs_on_cpu
 added = configure_xla_flags()   # what train.py would add here (nothing on a GPU)
-malloc = host_memory.configure_malloc()
 import jax
 from vp_jax.runtime.backend import cpu_kernels
 from vp_jax.models.rollout import default_unroll
 d = jax.devices()[0]
 env = {"jax": jax.__version__, "backend": jax.default_backend(), "device": d.device_kind,
        "num_devices": jax.device_count(), "runs_on_cpu": runs_on_cpu(), "xla_flags_added": added,
-       "malloc_tuning": bool(malloc), "cpu_kernels": cpu_kernels(), "rollout_unroll": default_unroll()}
+       "cpu_kernels": cpu_kernels(), "rollout_unroll": default_unroll()}
 json.dump(env, open(sys.argv[1], "w"))
 print("environment:", json.dumps(env))
 EOF

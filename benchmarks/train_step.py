@@ -6,7 +6,7 @@ Prints one JSON object per (config, batch size) on stdout, e.g.::
     python benchmarks/train_step.py --config configs/lab_bair.py --batch 12 --steps 20
     python benchmarks/train_step.py --config configs/svg_bair.py --batch 12 100   # on a GPU
     python benchmarks/train_step.py --batch 4 --no-xla-flags          # XLA's own CPU defaults
-    python benchmarks/train_step.py --batch 12 --no-malloc-tuning     # glibc's own malloc settings
+    python benchmarks/train_step.py --batch 12 --malloc-tunables      # XLA's buffers kept in the heap
     python benchmarks/train_step.py --batch 4 --set model.dtype=bfloat16 --set train.tfr.start=0
     python benchmarks/train_step.py --config configs/lab_bair.py --batch 12 48 --compile-only \
         --set train.remat=True --set train.grad_accum=4       # memory options, XLA's memory plan only
@@ -44,6 +44,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from vp_jax.runtime.xla_flags import MALLOC_TUNABLES  # noqa: E402
 
 DEFAULT_RUNS = (("configs/lab_bair.py", (4, 12)), ("configs/pushbot.py", (None,)))
 
@@ -95,7 +97,7 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
     import numpy as np
 
     from vp_jax.config import load_config_file, run_config
-    from vp_jax.runtime import host_memory, parallel
+    from vp_jax.runtime import parallel
     from vp_jax.store.state import create_train_state
     from vp_jax.training.step import make_train_step
 
@@ -177,7 +179,7 @@ def measure(config_path: str, batch_size: int | None, steps: int, overrides, see
         "tfr": float(config.train.tfr.start),
         "unroll": unroll or "default",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "malloc_tuning": bool(host_memory._done),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "jax": jax.__version__,
         "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpu_count": os.cpu_count(),
@@ -197,7 +199,8 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override, e.g. model.dtype=bfloat16")
     p.add_argument("--unroll", type=int, default=0, help="scan unroll of the general rollout (0: the library's default)")
     p.add_argument("--no-xla-flags", action="store_true", help="do not add vp_jax's fast CPU XLA flags")
-    p.add_argument("--no-malloc-tuning", action="store_true", help="do not keep XLA's buffers in the heap (vp_jax.runtime.host_memory)")
+    p.add_argument("--malloc-tunables", action="store_true",
+                   help="run with GLIBC_TUNABLES=vp_jax.runtime.xla_flags.MALLOC_TUNABLES (XLA's buffers kept in the heap)")
     p.add_argument("--inprocess", action="store_true", help="measure in this process (one config and batch only)")
     p.add_argument("--out", help="also append the JSON lines to this file")
     args = p.parse_args(argv)
@@ -213,10 +216,6 @@ def main(argv=None):
             from vp_jax.runtime.xla_flags import configure_xla_flags
 
             configure_xla_flags()
-        if not args.no_malloc_tuning:
-            from vp_jax.runtime.host_memory import configure_malloc
-
-            configure_malloc()
         (cfg, (bs, *rest)), *more = runs
         if rest or more:
             p.error("--inprocess measures one config and one batch size")
@@ -233,10 +232,10 @@ def main(argv=None):
             cmd += ["--batch", str(bs)] if bs else []
             cmd += [a for s in args.set for a in ("--set", s)]
             cmd += ["--no-xla-flags"] if args.no_xla_flags else []
-            cmd += ["--no-malloc-tuning"] if args.no_malloc_tuning else []
             cmd += ["--unroll", str(args.unroll)] if args.unroll else []
             cmd += ["--compile-only"] if args.compile_only else []
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES) if args.malloc_tunables else None
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
                 line = json.dumps({"config": cfg, "batch_size": bs, "error": proc.stderr.strip().splitlines()[-3:]})

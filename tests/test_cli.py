@@ -74,7 +74,7 @@ def continued(trained, copied):
     built = []
     check, typed = config_lib._check, config_lib._typed
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(config_lib, "_check", lambda c: built.append("check") or check(c))
+        mp.setattr(config_lib, "_check", lambda *a: built.append("check") or check(*a))
         mp.setattr(config_lib, "_typed", lambda cls, *a: built.append(cls.__name__) or typed(cls, *a))
         row = train_and_evaluate(config, wd)
     return dict(before=before, config=config, row=row, built=built)

@@ -3,6 +3,7 @@ per-frame loop (the original's call pattern), skip frames, learning, compile-onc
 
 import dataclasses
 import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from vp_jax.models.losses import kl_diagonal_gaussians, kl_standard_normal, step
 from vp_jax.models.lstm import reparameterize
 from vp_jax.models.rollout import Pass, frames_to_float, rollout
 from vp_jax.store.state import create_train_state
+from vp_jax.training import step as step_lib
 from vp_jax.training.step import make_train_step, rollout_loss, teacher_forcing_mask
 
 B, T, N_PAST = 3, 5, 3  # 3 context frames: the 'original' and 'last_context' skip frames differ from x_0
@@ -329,7 +331,8 @@ def blob_frames(batch, frames):
 @pytest.fixture(scope="module")
 def training_run(tiny_config):
     """100 steps on one fixed batch with lr warm-up + cosine, per-step cyclical beta and a
-    decaying per-frame teacher-forcing ratio: every schedule value changes during the run."""
+    decaying per-frame teacher-forcing ratio: every schedule value changes during the run.
+    ``traces`` counts how often the step was traced (its teacher-forcing mask drawn in Python)."""
     c = tiny_config.copy_and_resolve_references()
     c.n_future = 2
     c.train.batch_size = 2
@@ -342,13 +345,20 @@ def training_run(tiny_config):
         "frames": jnp.asarray(blob_frames(2, 4)),
         "cond": jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 7)).astype(np.float32)),
     }
-    state = create_train_state(run_config(c), jax.random.PRNGKey(0))
-    step = make_train_step(run_config(c))
-    history = []
-    for i in range(100):
-        state, metrics = step(state, batch, jax.random.PRNGKey(i))
-        history.append({k: float(v) for k, v in metrics.items()})
-    return dict(step=step, state=state, history=history, batch=batch)
+    traces = []
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return teacher_forcing_mask(*args, **kwargs)
+
+    with mock.patch.object(step_lib, "teacher_forcing_mask", counted):
+        state = create_train_state(run_config(c), jax.random.PRNGKey(0))
+        step = make_train_step(run_config(c))
+        history = []
+        for i in range(100):
+            state, metrics = step(state, batch, jax.random.PRNGKey(i))
+            history.append({k: float(v) for k, v in metrics.items()})
+        yield dict(step=step, state=state, history=history, batch=batch, traces=traces)
 
 
 def test_training_drives_mse_down_tenfold(training_run):
@@ -366,7 +376,7 @@ def test_train_step_compiles_once_while_schedules_change(training_run):
         assert len({round(m[name], 9) for m in h}) > 5, name
     assert h[0]["lr"] == 0.0 and h[10]["lr"] == pytest.approx(0.004)
     assert h[0]["tfr"] == 1.0 and h[-1]["tfr"] == pytest.approx(0.6)
-    assert training_run["step"]._cache_size() == 1
+    assert len(training_run["traces"]) == 1
 
 
 def test_nonfinite_update_is_skipped(training_run):
@@ -380,7 +390,7 @@ def test_nonfinite_update_is_skipped(training_run):
     state, metrics = step(state, training_run["batch"], jax.random.PRNGKey(1))  # recovers
     assert float(metrics["finite"]) == 1.0 and int(metrics["nonfinite_count"]) == 0
     training_run["state"] = state
-    assert step._cache_size() == 1
+    assert len(training_run["traces"]) == 1
 
 
 def test_loss_and_gradient_pinned_on_a_fixed_batch(tiny_config, fast_jit):

@@ -2,8 +2,7 @@
 
 ``parallel``     data parallelism over devices and hosts (meshes, sharded batches, multi-process start)
 ``backend``      CPU-only code paths taken while tracing (scan unrolling, hand-written convolution gradient)
-``xla_flags``    an XLA CPU flag measured faster, set before JAX starts
-``host_memory``  glibc malloc tuning so freed XLA buffers stay in the process
+``xla_flags``    an XLA CPU flag measured faster, set before JAX starts; the malloc launcher line
 ``compat``       the only uses of other libraries' private names, each tested
 
 Turning any of it off changes speed or memory, never a number the model computes.

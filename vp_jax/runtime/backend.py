@@ -12,9 +12,8 @@ On XLA:CPU some operations are much faster written another way (measured in
 On every other backend (GPU, TPU) they are off: plain ``lax`` operations with JAX's own
 gradients and rolled loops, which the GPU compilers handle well. The numbers are the same up to
 float summation order (``tests/test_memory_options.py`` runs the loss both ways on the CPU: same
-loss and gradients). The other CPU settings, the XLA flags (:mod:`vp_jax.runtime.xla_flags`) and the
-malloc tuning (:mod:`vp_jax.runtime.host_memory`), are decided before JAX starts, by the same rule
-(:func:`vp_jax.runtime.xla_flags.runs_on_cpu`).
+loss and gradients). The XLA flags (:mod:`vp_jax.runtime.xla_flags`) are decided before JAX starts, by the same
+rule (:func:`vp_jax.runtime.xla_flags.runs_on_cpu`).
 
 ``VP_JAX_NO_CPU_KERNELS=1`` turns the CPU paths off on a CPU too (what a GPU runs), and so does
 ``with cpu_kernels_off():`` for what is traced inside it.

@@ -6,7 +6,6 @@ import logging
 import sys
 
 from vp_jax.errors import ConfigError
-from vp_jax.runtime.host_memory import configure_malloc
 from vp_jax.runtime.xla_flags import configure_xla_flags
 
 
@@ -46,11 +45,10 @@ def quiet_library_logs() -> None:
 
 
 def start(argv, options: str = "") -> None:
-    """Quiet orbax's logging, show vp_jax's messages, add the fast CPU XLA flags and keep XLA's buffers in the heap (both
-    before JAX starts), refuse stray arguments."""
+    """Quiet orbax's logging, show vp_jax's messages, add the fast CPU XLA flags (before JAX
+    starts), refuse stray arguments."""
     quiet_library_logs()
     show_messages()
     configure_xla_flags()  # CPU only; VP_JAX_NO_XLA_FLAGS=1 opts out
-    configure_malloc()  # CPU only; VP_JAX_NO_MALLOC_TUNING=1 opts out
     if len(argv) > 1:
         raise ConfigError(f"unexpected argument {argv[1]!r}" + (f" (options are {options})" if options else ""))
