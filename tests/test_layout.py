@@ -139,3 +139,31 @@ def test_function_level_imports_are_few_and_give_their_reason():
 def test_only_the_public_face_sits_at_the_top(name):
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
     assert top == ["__init__", "config", "errors", "fileio", "predictor"] and name in top
+
+
+#: Longest function (lines, docstring included) and most parameters (self and cls not counted).
+MAX_FUNCTION_LINES, MAX_PARAMETERS = 80, 8
+
+
+def oversized(source: str, name: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            params = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            params += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES or len(params) > MAX_PARAMETERS:
+                found.append(f"{name}:{node.lineno} {node.name}: {lines} lines, {len(params)} parameters")
+    return found
+
+
+def test_functions_are_small_with_few_parameters():
+    found = [f for path in sorted(PACKAGE.rglob("*.py")) for f in oversized(path.read_text(), module_name(path))]
+    assert found == []
+
+
+def test_an_oversized_function_is_caught():
+    long = "def f():\n" + "    x = 1\n" * 80
+    many = "def g(self, a, b, c, d, e, f, g, h, *, i=0):\n    pass\n"
+    assert oversized(long + many, "m") == ["m:1 f: 81 lines, 0 parameters", "m:82 g: 2 lines, 9 parameters"]
