@@ -385,8 +385,3 @@ def replicate(tree, mesh: Mesh):
     """Copy every leaf of ``tree`` (params, BatchNorm statistics, optimiser state, keys) to
     every device of ``mesh``."""
     return jax.device_put(tree, replicated_sharding(mesh))
-
-
-def unreplicate_to_host(tree):
-    """Host numpy copies of a (replicated or sharded) pytree, e.g. for checkpoints or logs."""
-    return jax.device_get(tree)
