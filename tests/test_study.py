@@ -21,7 +21,8 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from vp_jax.config import lab_names, load_config_file
+from vp_jax.config import flat_fields, lab_names, load_config_file, run_config
+from vp_jax.models.schedules import teacher_forcing_schedule
 from vp_jax.tools import study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,9 +80,9 @@ def test_a_killed_study_resumes_without_retraining_and_reports_the_workdirs(tmp_
 
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert _files(first) == before  # not one file of the finished run rewritten
     assert "[1/2] seed=1: done (training kept, evaluation kept" in again.stdout
     assert "[2/2] seed=2: done (trained, evaluated" in again.stdout
-    assert _files(first) == before  # not one file of the finished run rewritten
 
     with open(os.path.join(out, "results.csv")) as f:
         got = {r["run"]: r for r in csv.DictReader(f)}
@@ -99,6 +100,15 @@ def test_a_killed_study_resumes_without_retraining_and_reports_the_workdirs(tmp_
     assert len(images) == 2  # the curves and the predicted sequences, embedded
     strip = Image.open(io.BytesIO(base64.b64decode(images[1])))
     assert strip.height > 3 * 64  # three rows: the truth and the two runs' predictions
+
+    # Another study with a run of the same config copies it (--reuse) instead of training it.
+    other = str(tmp_path / "other")
+    reused = subprocess.run([*cmd[:6], other, "--vary", "seed=2", *cmd[9:], "--reuse", out], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert reused.returncode == 0, reused.stdout[-3000:] + reused.stderr[-3000:]
+    assert "done (copied from" in reused.stdout and "training kept, evaluation kept" in reused.stdout
+    unlocked = lambda files: {k: v for k, v in files.items() if not k.startswith(".lock")}  # noqa: E731 - not copied
+    assert _files(os.path.join(other, "seed=2")) == unlocked(_files(os.path.join(out, "seed=2")))
 
 
 @pytest.mark.parametrize("vary, needle", [
@@ -154,3 +164,34 @@ def test_a_cross_product_with_seeds_is_every_combination_once():
                     for seed in (1, 2)}
     assert len({r.name for r in runs}) == 8
     assert runs[0].name == "model.enc_widths=4-4-8-8,train.kl.schedule=cyclical,seed=1"
+
+
+def test_the_presets_fit_the_config_and_one_run_of_each_is_the_config_itself():
+    """On the quickstart config: the runs that keep the config's own setting are the config field
+    for field (so ``--reuse`` shares them between studies); teacher forcing, once it decays, reaches 0
+    inside the run; the cyclical run has more than one cycle. On the lab's config: the lab's 0/15/50."""
+    pushbot = os.path.join(ROOT, "configs", "pushbot.py")
+    base = flat_fields(load_config_file(pushbot).to_dict())
+
+    def runs(preset, config=pushbot):
+        return study.plan(study.build_parser().parse_args(["--config", config, "--out", "x", "--preset", preset])).runs
+
+    itself = {"lr": 1, "tfr_decay": 2, "kl_anneal": 0, "prior": 0}
+    for preset, i in itself.items():
+        got = [flat_fields(r.config.to_dict()) == base for r in runs(preset)]
+        assert got == [j == i for j in range(len(got))], (preset, got)
+    for r in runs("tfr_decay")[:2]:
+        t = run_config(r.config).train
+        tfr = teacher_forcing_schedule(t)
+        assert float(tfr(0)) == 1.0 and float(tfr((t.epochs - 1) * t.epoch_size)) == 0.0
+    assert [r.config.train.tfr.start_decay_epoch for r in runs("tfr_decay")] == [0, 2, 0]
+    assert runs("kl_anneal")[1].config.train.kl.cycles == 2
+    lab = runs("tfr_decay", os.path.join(ROOT, "configs", "lab_bair.py"))
+    assert [r.config.train.tfr.start_decay_epoch for r in lab] == [0, 15, 50]
+
+
+def test_jobs_share_the_cores_evenly():
+    assert study.core_shares(2, [0, 1]) == [[0], [1]]
+    assert study.core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3, 4]]
+    assert study.core_shares(3, [0, 1]) == [[0], [1], [0]]  # more jobs than cores: they share
+    assert all(type(c) is int for share in study.core_shares(2, [0, 1, 2, 3]) for c in share)  # sched_setaffinity

@@ -50,6 +50,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -58,9 +59,10 @@ import ml_collections
 import numpy as np
 import pandas as pd
 from absl import flags
+from matplotlib.ticker import MaxNLocator
 from ml_collections.config_flags import tuple_parser
 
-from vp_jax.config import LAB_NAMES, load_config_file, load_config_json, run_config
+from vp_jax.config import LAB_NAMES, flat_fields, load_config_file, load_config_json, run_config
 from vp_jax.errors import ConfigError, DataError, VPError, cli_main
 from vp_jax.evaluation.evaluate import EvalOptions, evaluate_workdir
 from vp_jax.evaluation.scoring import Validator
@@ -83,45 +85,54 @@ KINDS = {bool: "True or False", int: "an integer", float: "a number", tuple: "a 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A named study: ``vary`` ``(field, values)`` pairs, ``fixed`` ``(field, value)`` settings
-    applied to every run, ``lab`` what the lab's report found (a line of the write-up). Each is a
-    function of the loaded config, so that a preset can scale to the config's length."""
+    """A named study: ``runs`` the settings of each run (``{field: value}`` dicts, one run each),
+    ``fixed`` ``(field, value)`` settings applied to every run, ``lab`` what the lab's report
+    found (a line of the write-up). Both are functions of the loaded config, so that a preset can
+    scale to the config's length. A run's settings that equal the config's are left out, so that
+    the run is the config itself (and ``--reuse`` finds it in another study)."""
 
-    vary: object
+    runs: object
     fixed: object = lambda c: ()
     lab: str = ""
 
 
-def _tfr_decay_epochs(c) -> tuple:
-    """The lab's start-decay epochs 0 / 15 / 50 on a run of the lab's length (>= 100 epochs);
-    on a shorter run 0, a quarter of the run, and the run's length (= never within it)."""
+def _each(field: str, *values: str):
+    return lambda c: [{field: v} for v in values]
+
+
+def _tfr_decay_runs(c) -> list:
+    """tfr from 1 down by a step per epoch to 0. On a run of the lab's length (>= 100 epochs) the
+    lab's start-decay epochs 0 / 15 / 50, 0.01 a step (from epoch 50, teacher forcing ends at
+    epoch 150); on a shorter one 1 / (half the run) a step (decaying from epoch 0, teacher forcing
+    ends halfway through the run), starting at epoch 0, at a quarter of the run, and no
+    decay at all (``decay_step`` 0: teacher forcing throughout, the config's own schedule)."""
     e = c.train.epochs
-    return ("0", "15", "50") if e >= 100 else ("0", str(e // 4), str(e))
+    step = "0.01" if e >= 100 else f"{1.0 / max(1, e // 2):.4g}"
+    if e >= 100:
+        return [{"train.tfr.start_decay_epoch": v, "train.tfr.decay_step": step} for v in ("0", "15", "50")]
+    return [{"train.tfr.start_decay_epoch": "0", "train.tfr.decay_step": step},
+            {"train.tfr.start_decay_epoch": str(e // 4), "train.tfr.decay_step": step},
+            {"train.tfr.start_decay_epoch": "0", "train.tfr.decay_step": "0.0"}]
 
 
-def _tfr_decay_fixed(c) -> tuple:
-    """tfr from 1, down by 1 / (half the run) per epoch to 0: decaying from epoch 0, teacher
-    forcing ends halfway through the run."""
-    return (("train.tfr.start", "1.0"), ("train.tfr.decay_step", repr(1.0 / max(1, c.train.epochs // 2))),
-            ("train.tfr.lower_bound", "0.0"))
-
-
-def _kl_cycles_fixed(c) -> tuple:
-    """Cyclical annealing needs cycles >= 2 to differ from monotonic: the config's cycles, or 2."""
-    return () if c.train.kl.cycles >= 2 else (("train.kl.cycles", "2"),)
+def _kl_anneal_runs(c) -> list:
+    """Monotonic, cyclical and constant KL weight; cyclical with the config's cycles, or 2 when
+    it has fewer (one cycle is monotonic)."""
+    cyclical = {"train.kl.schedule": "cyclical", **({"train.kl.cycles": "2"} if c.train.kl.cycles < 2 else {})}
+    return [{"train.kl.schedule": "monotonic"}, cyclical, {"train.kl.schedule": "constant"}]
 
 
 PRESETS = {
-    "lr": Preset(lambda c: (("train.lr", ("0.0002", "0.002", "0.005")),),
+    "lr": Preset(_each("train.lr", "0.0002", "0.002", "0.005"),
                  lab="the lab (BAIR, 300 epochs, monotonic KL): 0.0002 / 0.002 / 0.005 -> best validation PSNR "
                      "21.31 / 25.73 / 24.76 dB"),
-    "tfr_decay": Preset(lambda c: (("train.tfr.start_decay_epoch", _tfr_decay_epochs(c)),), _tfr_decay_fixed,
+    "tfr_decay": Preset(_tfr_decay_runs, lambda c: (("train.tfr.start", "1.0"), ("train.tfr.lower_bound", "0.0")),
                         lab="the lab (BAIR, 300 epochs): teacher forcing decaying from epoch 0 / 15 / 50 -> best "
                             "validation PSNR 18.15 / 25.73 / 26.11 dB"),
-    "kl_anneal": Preset(lambda c: (("train.kl.schedule", ("monotonic", "cyclical", "constant")),), _kl_cycles_fixed,
+    "kl_anneal": Preset(_kl_anneal_runs,
                         lab="the lab: monotonic against cyclical KL annealing, KL and PSNR curves side by side; "
                             "students report 25.6 (monotonic) and 26.3 dB (cyclical) test PSNR"),
-    "prior": Preset(lambda c: (("model.learned_prior", ("True", "False")),),
+    "prior": Preset(_each("model.learned_prior", "True", "False"),
                     lab="the lab: learned against fixed N(0, I) prior; students report 26.5 (learned) and "
                         "25.6 dB (fixed prior, monotonic) test PSNR"),
 }
@@ -236,28 +247,31 @@ class Study:
     fixed: list  # (field, text)
     seeds: int
     lab: list  # lines: what the lab found
+    reuse: list = dataclasses.field(default_factory=list)  # study folders whose finished runs may be copied
 
 
 def plan(args) -> Study:
     """Every run of the study, each config checked (:func:`vp_jax.config.run_config`): a bad
     ``--vary``/``--set``/preset value is a one-line ConfigError, before anything is written."""
     base = load_config_file(args.config)
-    vary, fixed, lab = [], [], []
+    fixed, lab = [], []
+    axes = []  # the cross product's axes; each a list of options, an option [(field, text, value), ...]
     for preset in args.preset or []:
         p = PRESETS[preset]
         fixed += [(f, t) for f, t in p.fixed(base)]
-        vary += [f"{f}={','.join(v)}" for f, v in p.vary(base)]
+        axes.append([[(f, *parse_assignment(base, f"{f}={t}", f"--preset {preset}:", many=False)[1][0])
+                      for f, t in option.items()] for option in p.runs(base)])
         lab += [p.lab] if p.lab else []
     fixed_values = []
     for arg in [f"{f}={t}" for f, t in fixed] + list(args.set or []):
         field, values = parse_assignment(base, arg, "--set", many=False)
         fixed_values.append((field, values[0]))
-    axes = []
-    for arg in vary + list(args.vary or []):
+    for arg in args.vary or []:
         field, values = parse_assignment(base, arg, "--vary", many=True)
-        if field in [f for f, _ in axes]:
+        if any(field == f for axis in axes for option in axis for f, _, _ in option):
             raise ConfigError(f"--vary {arg}: {field} is varied twice")
-        axes.append((field, values))
+        axes.append([[(field, text, value)] for text, value in values])
+    fields = list(dict.fromkeys(f for axis in axes for option in axis for f, _, _ in option))
     if not axes and args.seeds < 2:
         raise ConfigError("nothing to vary: give --vary FIELD=V1,V2 or --preset (or --seeds 2 or more)")
     if args.seeds < 1:
@@ -265,21 +279,23 @@ def plan(args) -> Study:
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: expected an integer >= 1")
     runs = []
-    for combo in itertools.product(*[values for _, values in axes]):
+    for combo in itertools.product(*axes):
         for s in range(args.seeds):
             config = ml_collections.ConfigDict(base.to_dict())
             for field, (_, value) in fixed_values:
                 node, key = field_node(config, field, field)
                 node[key] = value
-            settings = {}
-            for (field, _), (text, value) in zip(axes, combo):
+            given = {}
+            for field, text, value in (item for option in combo for item in option):
                 node, key = field_node(config, field, field)
                 node[key] = value
-                settings[field] = text
+                given[field] = text
             if args.seeds > 1:
                 config.seed = base.seed + s
-                settings[SEED_FIELD] = str(config.seed)
-            name = ",".join(f"{f}={value_name(t)}" for f, t in settings.items()) or "base"
+                given[SEED_FIELD] = str(config.seed)
+            name = ",".join(f"{f}={value_name(t)}" for f, t in given.items()) or "base"
+            settings = {f: given.get(f, str(_get(config, f))) for f in fields}
+            settings.update({SEED_FIELD: given[SEED_FIELD]} if SEED_FIELD in given else {})
             try:
                 run_config(config)
             except ConfigError as err:
@@ -288,8 +304,13 @@ def plan(args) -> Study:
     names = [r.name for r in runs]
     if len(set(names)) < len(names):
         raise ConfigError(f"two runs would share a workdir name ({names}): give values that differ as text")
-    return Study(args.config, args.out, [f for f, _ in axes], runs, [(f, t) for f, (t, _) in fixed_values],
-                 args.seeds, lab)
+    return Study(args.config, args.out, fields, runs, [(f, t) for f, (t, _) in fixed_values], args.seeds, lab,
+                 list(args.reuse or []))
+
+
+def _get(config, field: str):
+    node, key = field_node(config, field, field)
+    return node[key]
 
 
 # ----------------------------------------------------------------------------- running
@@ -331,9 +352,32 @@ def is_evaluated(workdir: str) -> bool:
     return min(os.path.getmtime(f) for f in files) > newest
 
 
-def run_one(run: Run, workdir: str) -> str:
+def same_config(workdir: str, config) -> bool:
+    """Whether ``workdir``'s config.json is ``config``, field for field."""
+    saved = os.path.join(workdir, "config.json")
+    return os.path.isfile(saved) and flat_fields(load_config_json(saved).to_dict()) == flat_fields(config.to_dict())
+
+
+def copy_finished(run: Run, workdir: str, studies: list[str]) -> str | None:
+    """Copy a finished, evaluated run of exactly ``run``'s config from one of ``studies`` (other
+    study folders) into the new ``workdir`` (files and their times as they are); the source or None."""
+    if os.path.exists(workdir):
+        return None
+    for folder in studies:
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            src = os.path.join(folder, name)
+            if same_config(src, run.config) and is_finished(src, run.config) and is_evaluated(src):
+                shutil.copytree(src, workdir, symlinks=True, ignore=shutil.ignore_patterns(".lock", ".lock.pid"))
+                return src
+    return None
+
+
+def run_one(run: Run, workdir: str, reuse: list[str] = ()) -> str:
     """Train (or resume) and evaluate one run unless already done; return what was done."""
     did = []
+    source = copy_finished(run, workdir, reuse)
+    if source:
+        did.append(f"copied from {source}")
     if is_finished(workdir, run.config):
         did.append("training kept")
     else:
@@ -359,7 +403,7 @@ def run_serial(study: Study) -> dict:
         t0 = time.time()
         print(f"study: [{i}/{len(study.runs)}] {run.name}: starting", flush=True)
         try:
-            did = run_one(run, os.path.join(study.out, run.name))
+            did = run_one(run, os.path.join(study.out, run.name), study.reuse)
             print(f"study: [{i}/{len(study.runs)}] {run.name}: done ({did}, {time.time() - t0:.0f} s)", flush=True)
         except Exception as err:  # noqa: BLE001 - a failed run is reported and the study goes on
             failed[run.name] = _one_line(err)
@@ -370,7 +414,7 @@ def run_serial(study: Study) -> dict:
 def core_shares(jobs: int, cores: list[int]) -> list[list[int]]:
     """``cores`` cut into ``jobs`` shares of (nearly) equal size; with fewer cores than jobs, workers share."""
     if jobs <= len(cores):
-        return [list(a) for a in np.array_split(np.array(cores), jobs)]
+        return [[int(c) for c in a] for a in np.array_split(np.array(cores), jobs)]
     return [[cores[i % len(cores)]] for i in range(jobs)]
 
 
@@ -508,6 +552,9 @@ def reading(table: pd.DataFrame, fields: list, seeds: int) -> str:
                  f"the {seeds} seeds of a setting ({spread:.2f} dB)")
     elif seeds == 1:
         line += "; one seed per setting: --seeds 2 tells whether the gap exceeds the seeds' spread"
+    unfinished = [label(r) for _, r in table.iterrows() if r["status"] != "ok"]
+    if unfinished:
+        line += f"; not final: {', '.join(unfinished)} not finished (trained and evaluated) yet"
     return line + "."
 
 
@@ -532,6 +579,7 @@ def plot_curves(study: Study, path: str) -> str:
         if col == "kl" and runs and all((df["kl"].dropna() > 0).all() for _, df in runs if "kl" in df.columns):
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0])
         ax.grid(True, alpha=0.3)
@@ -563,7 +611,7 @@ def plot_predictions(study: Study, path: str) -> str | None:
         n_past = len(context)
     if not rows:
         return None
-    return visualize.write_labelled_strip(rows, labels, n_past, path, scale=1, label_width=170)
+    return visualize.write_labelled_strip(rows, labels, n_past, path, scale=2, label_width=170)
 
 
 def _fmt(v, spec: str) -> str:
@@ -587,6 +635,11 @@ def display_table(table: pd.DataFrame, fields: list, seeds: int) -> tuple[list[s
 def _md_table(heads, cells) -> str:
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     return "\n".join(lines + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells])
+
+
+def _html_text(text: str) -> str:
+    """Markdown's ``code`` spans as <code>, the rest escaped."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
 
 
 def _html_table(heads, cells) -> str:
@@ -625,7 +678,7 @@ def write_report(study: Study, failed: dict | None = None) -> str:
     if failed:
         intro.append("Failed runs: " + "; ".join(f"`{n}`: {e}" for n, e in failed.items()))
     md = ["# Study: " + ", ".join(study.fields or ["seeds"]), "", *[p + "\n" for p in intro]]
-    body = "".join(f"<p>{html.escape(p)}</p>" for p in intro)
+    body = "".join(f"<p>{_html_text(p)}</p>" for p in intro)
     for title, line, (heads, cells) in sections:
         md += [f"## {title}", "", _md_table(heads, cells), "", f"**Reading:** {line}", ""]
         body += f"<h2>{html.escape(title)}</h2>{_html_table(heads, cells)}<p><b>Reading:</b> {html.escape(line)}</p>"
@@ -662,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", action="append", choices=sorted(PRESETS), help="one of the lab's studies")
     parser.add_argument("--seeds", type=int, default=1, help="runs per setting, seeds config.seed, config.seed + 1, ...")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, each pinned to cores / N (default 1)")
+    parser.add_argument("--reuse", action="append", metavar="DIR",
+                        help="another study's folder: a finished run there with exactly a run's config is copied, "
+                             "not trained again (repeatable)")
     parser.add_argument("--report-only", dest="report_only", action="store_true",
                         help="train nothing: regenerate the report from the workdirs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # --jobs: the one run a worker process does
@@ -685,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         run = next((r for r in study.runs if r.name == args.worker), None)
         if run is None:
             raise ConfigError(f"--worker {args.worker}: not a run of this study")
-        print(f"{run.name}: {run_one(run, os.path.join(study.out, run.name))}")
+        print(f"{run.name}: {run_one(run, os.path.join(study.out, run.name), study.reuse)}")
         return 0
     failed = {}
     if not args.report_only:
