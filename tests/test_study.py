@@ -166,6 +166,18 @@ def test_a_cross_product_with_seeds_is_every_combination_once():
     assert runs[0].name == "model.enc_widths=4-4-8-8,train.kl.schedule=cyclical,seed=1"
 
 
+def test_tables_per_field_only_when_the_runs_cross_the_fields():
+    """A cross product gets one table per field averaged over the others; the kl_anneal preset,
+    whose schedule and cycles change together, gets only its table of runs (averaging the
+    constant and monotonic runs as "cycles = 1" would mean nothing)."""
+    crossed = study.plan(study.build_parser().parse_args(
+        ["--config", TINY, "--out", "x", "--vary", "train.lr=0.001,0.002", "--vary", "kl_anneal_cyclical=True,False"]))
+    assert study.table_groups(crossed) == [crossed.fields, *[[f] for f in crossed.fields]]
+    preset = study.plan(study.build_parser().parse_args(["--config", TINY, "--out", "x", "--preset", "kl_anneal"]))
+    assert len(preset.fields) == 2 and len(preset.runs) == 3
+    assert study.table_groups(preset) == [preset.fields]
+
+
 def test_the_presets_fit_the_config_and_one_run_of_each_is_the_config_itself():
     """On the quickstart config: the runs that keep the config's own setting are the config field
     for field (so ``--reuse`` shares them between studies); teacher forcing, once it decays, reaches 0

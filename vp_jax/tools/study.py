@@ -648,6 +648,16 @@ def _html_table(heads, cells) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def table_groups(study: Study) -> list[list[str]]:
+    """The tables of the report: every setting, then one per field averaged over the others, but
+    only when the runs cover the fields' cross product (a preset whose fields change together,
+    such as a schedule and its cycles, has no meaningful average over one of them)."""
+    settings = {run.setting_key for run in study.runs}
+    sizes = [len({dict(key).get(f) for key in settings}) for f in study.fields]
+    crossed = len(study.fields) > 1 and len(settings) == math.prod(sizes)
+    return [study.fields] + ([[f] for f in study.fields] if crossed else [])
+
+
 def write_report(study: Study, failed: dict | None = None) -> str:
     """report.md, report.html (figures embedded), results.csv and figures/ from the workdirs."""
     failed = failed or {}
@@ -656,8 +666,7 @@ def write_report(study: Study, failed: dict | None = None) -> str:
     os.makedirs(figures, exist_ok=True)
     table.to_csv(os.path.join(study.out, "results.csv"), index=False)
     sections = []  # (heading, reading, (heads, cells))
-    groups = [study.fields] + ([[f] for f in study.fields] if len(study.fields) > 1 else [])
-    for fields in groups:
+    for fields in table_groups(study):
         t = setting_table(table, fields, study.seeds)
         title = " x ".join(fields) if fields else "seeds"
         if len(study.fields) > 1 and len(fields) == 1:
