@@ -94,7 +94,7 @@ def test_shrink_npy(tmp_path, count):
     arr[:] = (np.arange(n)[:, None] % 251).astype(np.uint8)
     arr.flush()
     del arr
-    cache._shrink_npy(path, count)
+    cache.shrink_npy(path, count)
     out = np.load(path)
     assert out.shape == (count, 3)
     np.testing.assert_array_equal(out[:, 0], (np.arange(count) % 251).astype(np.uint8))

@@ -160,7 +160,7 @@ def test_lower_friction_slides_further():
         runs = []
         for mu in pushbot.FRICTION:
             hidden = dataclasses.replace(ep.hidden, friction=np.full(len(ep.obj_radius), mu))
-            runs.append(pushbot._objects_under(ep, hidden).obj_pos[-1, k] - ep.obj_pos[0, k])
+            runs.append(pushbot.objects_under(ep, hidden).obj_pos[-1, k] - ep.obj_pos[0, k])
         further += np.hypot(*runs[0]) > np.hypot(*runs[1]) + 0.01
     assert further >= 10
 

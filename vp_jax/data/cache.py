@@ -54,7 +54,7 @@ def sha256_file(path: str, chunk: int = 1 << 23) -> str:
     return h.hexdigest()
 
 
-def _shrink_npy(path: str, count: int) -> None:
+def shrink_npy(path: str, count: int) -> None:
     """Cut a C-ordered ``.npy`` file to its first ``count`` rows in place (after skipped sequences).
 
     The header is rewritten for the new shape; numpy pads headers to 64 bytes, so the new one has
@@ -134,11 +134,11 @@ def write_cache(
                 fh.write(np.ascontiguousarray(f, np.uint8).data)
                 cond[n] = c
                 n += 1
-            fh.truncate(offset + count * int(np.prod(frame_shape)))  # full size (sparse) for _shrink_npy
+            fh.truncate(offset + count * int(np.prod(frame_shape)))  # full size (sparse) for shrink_npy
         if n == 0:
             raise DataError(f"{meta.get('root')}/{meta.get('split')}: no readable sequences ({len(skipped)} skipped)")
         if n < count:
-            _shrink_npy(frames_path, n)
+            shrink_npy(frames_path, n)
         cond_path = os.path.join(tmp, COND_FILE)
         np.save(cond_path, cond[:n])
         manifest = dict(

@@ -434,7 +434,7 @@ def simulate(rng: np.random.Generator, num_frames: int = NUM_FRAMES, version: in
     return ep
 
 
-def _objects_under(ep: Episode, hidden: Hidden) -> Episode:
+def objects_under(ep: Episode, hidden: Hidden) -> Episode:
     """``ep`` with its objects moved again, by the physics, under ``hidden`` along ``ep``'s gripper path."""
     objects = _Objects(ep, hidden)
     obj_pos, touched, moved = np.zeros_like(ep.obj_pos), np.zeros_like(ep.touched), np.zeros_like(ep.moved)
@@ -465,7 +465,7 @@ def replay(ep: Episode, rng: np.random.Generator, since: int) -> Episode:
         later = np.arange(len(ep.positions)) >= since - 1  # draws of the moves into frames >= since
         hidden.turn, hidden.heading, hidden.toggle = (np.where(later, f, o) for f, o in (
             (fresh.turn, old.turn), (fresh.heading, old.heading), (fresh.toggle, old.toggle)))
-    return _objects_under(ep, hidden)
+    return objects_under(ep, hidden)
 
 
 def head(ep: Episode, num_frames: int) -> Episode:
@@ -512,7 +512,7 @@ def with_actions(ep: Episode, actions) -> Episode:
         positions[t + 1] = np.clip(positions[t] + STEP * (actions[t, :3] + ep.noise[t]), GRIP_LO, GRIP_HI)
         opening[t + 1] = actions[t, 3]
     edited = dataclasses.replace(ep, positions=positions, actions=actions.copy(), opening=opening)
-    return _objects_under(edited, ep.hidden)
+    return objects_under(edited, ep.hidden)
 
 
 # ----------------------------------------------------------------------------- rendering
