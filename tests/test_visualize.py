@@ -236,3 +236,14 @@ def test_strip_rows_are_truth_then_prediction(tmp_path):
                 np.testing.assert_array_equal(img[oy + 1 : oy + 17 : 2, ox + 1 : ox + 17 : 2], want[k])
                 border = visualize.CONTEXT_COLOR if k < 2 else visualize.PRED_COLOR
                 assert tuple(img[oy, ox]) == border
+
+
+def test_a_long_run_name_is_wrapped_not_cut_off(tmp_path):
+    """A study run's name (``field=value`` settings joined by commas, no spaces) longer than the
+    label column goes on as many lines as it needs: ink on each of them, none past the last."""
+    name = "train.kl.schedule=cyclical,train.kl.cycles=2"  # 44 characters, 17 fit on a line of 110 px
+    frames = np.full((3, 64, 64, 3), 128, np.uint8)
+    path = visualize.write_labelled_strip([frames], [name], 1, str(tmp_path / "s.png"), label_width=110)
+    label = iio.imread(path)[14:14 + 68, :110].min(axis=-1) < 128  # the row's label cell, dark = text
+    ink_per_line = [label[2 + 12 * i : 2 + 12 * (i + 1)].sum() for i in range(5)]
+    assert all(n > 20 for n in ink_per_line[:3]) and ink_per_line[3] == ink_per_line[4] == 0, ink_per_line

@@ -8,6 +8,7 @@ half-written file.  Nothing here imports JAX: inputs are NumPy arrays (JAX array
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -450,16 +451,9 @@ def _text_block(width: int, height: int, lines) -> np.ndarray:
 
 
 def _wrap(text: str, width_px: int) -> list[str]:
-    """Words of ``text`` on lines of at most ``width_px`` pixels of the default 6-px font."""
-    per_line = max(4, (width_px - 6) // 6)
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > per_line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + [line] if line else lines
+    """``text`` on lines of at most ``width_px`` pixels of the default 6-px font; a word longer
+    than a line (a run's name of ``field=value`` settings) is broken, not cut off."""
+    return textwrap.wrap(text.replace(",", ", "), width=max(4, (width_px - 6) // 6))
 
 
 def write_labelled_strip(rows, labels, n_past: int, path: str, *, scale: int = 1, gap: int = 2,
