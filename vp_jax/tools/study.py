@@ -566,7 +566,7 @@ def plot_curves(study: Study, path: str) -> str:
             runs.append((run, load_run(os.path.join(study.out, run.name))["metrics"]))
         except (VPError, OSError):
             continue
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9), layout="constrained")
     keys = list(dict.fromkeys(r.setting_key for r, _ in runs))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ("-", "--", ":", "-.")
