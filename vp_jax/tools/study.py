@@ -67,7 +67,6 @@ from vp_jax.errors import ConfigError, DataError, VPError, cli_main
 from vp_jax.evaluation.evaluate import EvalOptions, evaluate_workdir
 from vp_jax.evaluation.scoring import Validator
 from vp_jax.report import visualize
-from vp_jax.report.visualize import plt, save_fig
 from vp_jax.store.checkpoints import checkpoint_dir
 from vp_jax.tools import cli
 from vp_jax.tools.compare import load_run, summarize
@@ -566,9 +565,9 @@ def plot_curves(study: Study, path: str) -> str:
             runs.append((run, load_run(os.path.join(study.out, run.name))["metrics"]))
         except (VPError, OSError):
             continue
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9), layout="constrained")
+    fig, axes = visualize.plt.subplots(2, 3, figsize=(18, 9), layout="constrained")
     keys = list(dict.fromkeys(r.setting_key for r, _ in runs))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = visualize.plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ("-", "--", ":", "-.")
     for ax, (col, label) in zip(axes.flat, CURVES):
         for run, df in runs:
@@ -590,7 +589,7 @@ def plot_curves(study: Study, path: str) -> str:
         legend.legend(handles, labels, loc="center", fontsize=10, title="run")
     else:
         legend.text(0.5, 0.5, "no run has trained yet", ha="center", va="center")
-    return save_fig(fig, path)
+    return visualize.save_fig(fig, path)
 
 
 def plot_predictions(study: Study, path: str) -> str | None:
